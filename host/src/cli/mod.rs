@@ -1,0 +1,188 @@
+//! Command-line parsing, output and exit codes.
+
+mod plugin;
+mod resolve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sifr::policy::{LogLevel, LogLine};
+
+/// Exit codes scripts can rely on (documented in the README).
+pub mod exit {
+    /// Anything not listed below (I/O errors and the like).
+    pub const FAILURE: u8 = 1;
+    /// Bad command-line usage (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// A config file or a plugin could not be loaded.
+    pub const CONFIG: u8 = 3;
+    /// The policy denied an image.
+    pub const DENIED: u8 = 4;
+    /// An image reference is malformed.
+    pub const INVALID_REFERENCE: u8 = 5;
+    /// A plugin failed while deciding (fail-closed).
+    pub const PLUGIN_FAILED: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Config files, read in order (later ones override; see README.md):
+  /etc/sifr/config.toml, $XDG_CONFIG_HOME/sifr/config.toml, $SIFR_CONFIG, --config FILE
+
+Exit codes: 0 ok, 1 other failure, 2 usage, 3 config or plugin load error,
+4 denied by policy, 5 invalid image reference, 6 plugin failed while deciding.";
+
+/// Pull and run OCI images with Apptainer, under site policy written as
+/// sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "sifr", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Read this config file last, after the site and user configs and $SIFR_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Show plugins' log lines: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Print only results and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the sources an image would be pulled from, in try order.
+    ///
+    /// Runs the configured policy chain and prints, for each image, the URIs
+    /// apptainer would receive, one per line: mirrors first, origin last.
+    /// Nothing is pulled.
+    ///
+    /// Examples:
+    ///   sifr resolve ncbi/blast:2.14.0
+    ///   sifr resolve --explain quay.io/biocontainers/blast:2.15.0
+    ///   sifr resolve --json ubuntu:22.04 | jq '.[0].sources[0].uri'
+    #[command(verbatim_doc_comment)]
+    Resolve(resolve::Args),
+
+    /// Inspect and test policy plugins.
+    #[command(subcommand)]
+    Plugin(plugin::Command),
+}
+
+/// What the CLI needs from the global flags.
+pub struct Globals {
+    pub config: Option<PathBuf>,
+    pub verbose: u8,
+    pub quiet: bool,
+}
+
+impl Globals {
+    /// The least severe plugin log level shown on stderr, if any.
+    fn log_threshold(&self) -> Option<LogLevel> {
+        match (self.quiet, self.verbose) {
+            (true, _) => None,
+            (false, 0) => Some(LogLevel::Warn),
+            (false, 1) => Some(LogLevel::Info),
+            (false, 2) => Some(LogLevel::Debug),
+            (false, _) => Some(LogLevel::Trace),
+        }
+    }
+
+    /// Print a plugin's log lines on stderr, as far as the verbosity allows.
+    pub fn show_logs(&self, plugin: &str, logs: &[LogLine]) {
+        let Some(threshold) = self.log_threshold() else {
+            return;
+        };
+        for line in logs.iter().filter(|l| l.level >= threshold) {
+            eprintln!("sifr: plugin '{plugin}': {}: {}", level_name(line.level), line.message);
+        }
+    }
+
+    /// A warning on stderr, unless quiet.
+    pub fn warn(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("sifr: warning: {message}");
+        }
+    }
+}
+
+pub fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let globals = Globals {
+        config: cli.config,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Resolve(args) => resolve::run(&globals, args),
+        Command::Plugin(command) => plugin::run(&globals, command),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            report(&error);
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+/// Print an error and its causes on stderr.
+pub fn report(error: &anyhow::Error) {
+    eprintln!("sifr: error: {error:#}");
+}
+
+/// The exit code for an error, from its typed cause.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<sifr::Error>() {
+            return sifr_exit_code(e);
+        }
+        if cause.is::<sifr::ConfigError>() || cause.is::<sifr::PluginLoadError>() {
+            return exit::CONFIG;
+        }
+        if cause.is::<sifr::reference::GrammarError>() {
+            return exit::INVALID_REFERENCE;
+        }
+    }
+    exit::FAILURE
+}
+
+pub fn sifr_exit_code(error: &sifr::Error) -> u8 {
+    match error {
+        sifr::Error::InvalidReference(_) => exit::INVALID_REFERENCE,
+        sifr::Error::Config(_) | sifr::Error::PluginLoad(_) => exit::CONFIG,
+        sifr::Error::Denied { .. } => exit::DENIED,
+        sifr::Error::PluginFailed(_) => exit::PLUGIN_FAILED,
+        sifr::Error::Io { .. } => exit::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_code_matches_clap() {
+        assert_eq!(exit::USAGE as i32, clap::Error::new(clap::error::ErrorKind::InvalidValue).exit_code());
+    }
+}

@@ -1,0 +1,225 @@
+//! `sifr plugin ls` and `sifr plugin check`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use sifr::policy::{ArtifactOrigin, LoadedPlugin, Outcome, StepOutcome};
+use sifr::{
+    Config, ConfigSources, Context, ImageRef, OnError, Policy, PolicyOptions, PluginSource,
+    PluginSpec, Purpose, SandboxLimits,
+};
+
+use super::{Globals, exit, level_name};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List the loaded chain: each plugin's name, source, sha256, API version and settings.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Test a plugin offline, in the same sandbox sifr uses.
+    ///
+    /// Loads FILE.wasm, gives it the settings (a TOML file whose top-level
+    /// table is what `[plugin.settings]` would hold), runs it over each IMAGE
+    /// starting from the origin plan, and prints each plan with its notes and
+    /// the plugin's log lines. Exits non-zero on any failure: a load error,
+    /// refused settings, a trap or timeout, invalid output, or a denial (4).
+    ///
+    /// Example:
+    ///   sifr plugin check target/wasm32-wasip2/release/my_policy.wasm \
+    ///       --settings settings.toml ubuntu:22.04 quay.io/biocontainers/blast:2.15.0
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The plugin component.
+    #[arg(value_name = "FILE.wasm")]
+    wasm: PathBuf,
+
+    /// Settings for the plugin, as TOML.
+    #[arg(long, value_name = "FILE.toml")]
+    settings: Option<PathBuf>,
+
+    /// Images to run the plugin over.
+    #[arg(value_name = "IMAGE")]
+    images: Vec<String>,
+
+    /// Per-call deadline, in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    timeout_ms: u64,
+
+    /// Memory cap, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    memory_mib: u64,
+
+    /// What the image is wanted for.
+    #[arg(long, value_enum, default_value = "pull")]
+    purpose: Purpose,
+
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(globals: &Globals, command: Command) -> Result<u8> {
+    match command {
+        Command::Ls { json } => ls(globals, json),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
+    json!({
+        "name": plugin.name,
+        "source": plugin.source,
+        "sha256": plugin.sha256,
+        "api-version": plugin.api_version,
+        "on-error": plugin.on_error,
+        "locked": plugin.locked,
+        "settings": plugin.settings,
+        "artifact": plugin.artifact,
+    })
+}
+
+fn ls(globals: &Globals, json: bool) -> Result<u8> {
+    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let policy = Policy::load(&config, &PolicyOptions::standard())
+        .context("loading the policy chain")?;
+    if json {
+        let plugins: Vec<_> = policy.plugins().iter().map(describe).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "config-files": config.files,
+                "sandbox": {
+                    "timeout-ms": config.sandbox.timeout.as_millis() as u64,
+                    "memory-mib": config.sandbox.memory_bytes >> 20,
+                },
+                "plugins": plugins,
+            }))?
+        );
+        return Ok(0);
+    }
+    if config.files.is_empty() {
+        println!("# no config file found: the built-in default chain");
+    } else {
+        for file in &config.files {
+            println!("# config: {}", file.display());
+        }
+    }
+    println!(
+        "# sandbox: {} ms per call, {} MiB memory",
+        config.sandbox.timeout.as_millis(),
+        config.sandbox.memory_bytes >> 20
+    );
+    for (i, plugin) in policy.plugins().iter().enumerate() {
+        let flags = match (plugin.on_error, plugin.locked) {
+            (OnError::FailClosed, false) => "fail-closed",
+            (OnError::FailOpen, false) => "fail-open",
+            (OnError::FailClosed, true) => "fail-closed, locked by site",
+            (OnError::FailOpen, true) => "fail-open, locked by site",
+        };
+        println!("{}. {} ({flags})", i + 1, plugin.name);
+        println!("   source:   {}", plugin.source);
+        println!("   sha256:   {}", plugin.sha256);
+        println!("   api:      sifr:policy@{}", plugin.api_version);
+        println!("   settings: {}", plugin.settings);
+    }
+    Ok(0)
+}
+
+fn check(args: CheckArgs) -> Result<u8> {
+    let settings = match &args.settings {
+        Some(path) => sifr::config::load_settings_file(path)?,
+        None => json!({}),
+    };
+    let name = args
+        .wasm
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('.', "-"))
+        .unwrap_or_else(|| "plugin".to_string());
+    let spec = PluginSpec {
+        name,
+        source: PluginSource::Path(args.wasm.clone()),
+        sha256: None,
+        settings,
+        on_error: OnError::FailClosed,
+        locked: false,
+        declared_in: None,
+    };
+    let limits = SandboxLimits {
+        timeout: Duration::from_millis(args.timeout_ms),
+        memory_bytes: (args.memory_mib as usize) << 20,
+    };
+    let policy = Policy::load_single(&spec, limits, &PolicyOptions::standard())?;
+    let plugin = &policy.plugins()[0];
+    let ctx = Context::new(args.purpose);
+
+    let mut code = 0;
+    let mut results = Vec::new();
+    if !args.json {
+        println!(
+            "ok: {} loaded: sha256 {}, sifr:policy@{}, settings accepted{}",
+            args.wasm.display(),
+            plugin.sha256,
+            plugin.api_version,
+            if plugin.artifact == ArtifactOrigin::CacheHit {
+                " (compiled artifact from cache)"
+            } else {
+                ""
+            }
+        );
+    }
+    for input in &args.images {
+        let image = match ImageRef::parse(input) {
+            Ok(image) => image,
+            Err(e) => {
+                eprintln!("sifr: error: {e}");
+                code = code.max(exit::INVALID_REFERENCE);
+                results.push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
+                continue;
+            }
+        };
+        let resolution = policy.resolve(&image, &ctx);
+        let step = &resolution.steps[0];
+        if args.json {
+            results.push(json!({"input": input, "image": image.to_string(), "step": step}));
+        } else {
+            println!("\n{input}  ({image})");
+            match &step.outcome {
+                StepOutcome::Plan { sources } => {
+                    for (i, s) in sources.iter().enumerate() {
+                        let http = if s.plain_http { " (plain HTTP)" } else { "" };
+                        println!("  {}. {}{http}  # {}", i + 1, s.uri(), s.note);
+                    }
+                }
+                StepOutcome::Deny { reason } => println!("  denied: {reason}"),
+                StepOutcome::Skipped { error } | StepOutcome::Failed { error } => {
+                    println!("  FAILED: {error}")
+                }
+            }
+            for line in &step.logs {
+                println!("  log {}: {}", level_name(line.level), line.message);
+            }
+        }
+        match resolution.outcome {
+            Outcome::Plan(_) => {}
+            Outcome::Denied { .. } => code = code.max(exit::DENIED),
+            Outcome::Failed(_) => code = code.max(exit::PLUGIN_FAILED),
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"plugin": describe(plugin), "results": results}))?
+        );
+    }
+    Ok(code)
+}

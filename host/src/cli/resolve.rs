@@ -1,0 +1,188 @@
+//! `sifr resolve`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use sifr::policy::{Outcome, Step, StepOutcome};
+use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose, Resolution, Source};
+
+use super::{Globals, exit, level_name};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image references: `ubuntu:22.04`, `quay.io/biocontainers/blast:2.15.0`,
+    /// `name@sha256:<64 hex>`.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+
+    /// Show each plugin's step: its plan with notes, and its log lines.
+    #[arg(long, conflicts_with = "json")]
+    explain: bool,
+
+    /// Print the full plans as JSON (an array, one object per image).
+    #[arg(long)]
+    json: bool,
+
+    /// What the image is wanted for; plugins may decide differently.
+    #[arg(long, value_enum, default_value = "pull")]
+    purpose: Purpose,
+
+    /// Target architecture, in OCI terms [default: this machine's].
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
+}
+
+pub fn run(globals: &Globals, args: Args) -> Result<u8> {
+    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let policy = Policy::load(&config, &PolicyOptions::standard())
+        .context("loading the policy chain")?;
+    let mut ctx = Context::new(args.purpose);
+    if let Some(arch) = args.arch {
+        ctx.arch = arch;
+    }
+
+    let mut code = 0;
+    let mut json_out = Vec::new();
+    for (i, input) in args.images.iter().enumerate() {
+        let image = match ImageRef::parse(input) {
+            Ok(image) => image,
+            Err(e) => {
+                eprintln!("sifr: error: {e}");
+                if code == 0 {
+                    code = exit::INVALID_REFERENCE;
+                }
+                json_out.push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
+                continue;
+            }
+        };
+        let resolution = policy.resolve(&image, &ctx);
+        for step in &resolution.steps {
+            globals.show_logs(&step.plugin, &step.logs);
+            if let StepOutcome::Skipped { error } = &step.outcome {
+                globals.warn(&format!("skipping fail-open plugin: {error}"));
+            }
+        }
+        if args.json {
+            json_out.push(to_json(input, &resolution));
+        } else if args.explain {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", explain(input, &resolution));
+        } else if let Outcome::Plan(sources) = &resolution.outcome {
+            if i > 0 && args.images.len() > 1 {
+                println!();
+            }
+            for source in sources {
+                println!("{}", source.uri());
+            }
+        }
+        if !matches!(resolution.outcome, Outcome::Plan(_)) {
+            let error = resolution.into_plan().expect_err("not a plan");
+            eprintln!("sifr: error: {error}");
+            if code == 0 {
+                code = super::sifr_exit_code(&error);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json_out)?);
+    }
+    Ok(code)
+}
+
+fn source_json(source: &Source) -> serde_json::Value {
+    let mut value = serde_json::to_value(source).expect("a source serialises");
+    value["uri"] = json!(source.uri());
+    value
+}
+
+fn to_json(input: &str, resolution: &Resolution) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = resolution
+        .steps
+        .iter()
+        .map(|step| {
+            let mut value = serde_json::to_value(step).expect("a step serialises");
+            if let StepOutcome::Plan { sources } = &step.outcome {
+                value["sources"] = sources.iter().map(source_json).collect();
+            }
+            value
+        })
+        .collect();
+    let mut out = json!({
+        "input": input,
+        "image": resolution.image,
+        "canonical": resolution.image.to_string(),
+        "steps": steps,
+    });
+    match &resolution.outcome {
+        Outcome::Plan(sources) => {
+            out["outcome"] = json!("plan");
+            out["sources"] = sources.iter().map(source_json).collect();
+        }
+        Outcome::Denied { plugin, reason } => {
+            out["outcome"] = json!("denied");
+            out["plugin"] = json!(plugin);
+            out["reason"] = json!(reason);
+        }
+        Outcome::Failed(failure) => {
+            out["outcome"] = json!("failed");
+            out["plugin"] = json!(failure.plugin);
+            out["error"] = json!(failure.to_string());
+        }
+    }
+    out
+}
+
+fn explain(input: &str, resolution: &Resolution) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{input}");
+    let _ = writeln!(out, "  image: {}", resolution.image);
+    let _ = writeln!(out, "  start: the origin alone");
+    let _ = writeln!(out, "    1. {}", Source::origin(&resolution.image).uri());
+    for (i, step) in resolution.steps.iter().enumerate() {
+        explain_step(&mut out, i + 1, step);
+    }
+    match &resolution.outcome {
+        Outcome::Plan(sources) => {
+            let _ = writeln!(out, "  result: try in this order");
+            for (n, s) in sources.iter().enumerate() {
+                let http = if s.plain_http { " (plain HTTP)" } else { "" };
+                let _ = writeln!(out, "    {}. {}{http}", n + 1, s.uri());
+            }
+        }
+        Outcome::Denied { plugin, reason } => {
+            let _ = writeln!(out, "  result: denied by '{plugin}': {reason}");
+        }
+        Outcome::Failed(failure) => {
+            let _ = writeln!(out, "  result: failed: {failure}");
+        }
+    }
+    out
+}
+
+fn explain_step(out: &mut String, n: usize, step: &Step) {
+    let ms = step.elapsed.as_secs_f64() * 1e3;
+    let _ = writeln!(out, "  step {n}: plugin '{}' ({}), {ms:.2} ms", step.plugin, step.sha256);
+    match &step.outcome {
+        StepOutcome::Plan { sources } => {
+            for (i, s) in sources.iter().enumerate() {
+                let http = if s.plain_http { " (plain HTTP)" } else { "" };
+                let _ = writeln!(out, "    {}. {}{http}  # {}", i + 1, s.uri(), s.note);
+            }
+        }
+        StepOutcome::Deny { reason } => {
+            let _ = writeln!(out, "    denied: {reason}");
+        }
+        StepOutcome::Skipped { error } => {
+            let _ = writeln!(out, "    skipped (fail-open): {error}");
+        }
+        StepOutcome::Failed { error } => {
+            let _ = writeln!(out, "    failed (fail-closed): {error}");
+        }
+    }
+    for line in &step.logs {
+        let _ = writeln!(out, "    log {}: {}", level_name(line.level), line.message);
+    }
+}

@@ -1,0 +1,173 @@
+//! Typed errors, so that embedders can match on what went wrong.
+//!
+//! Every message says what failed, to what, and what to do next.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::reference::GrammarError;
+
+/// Anything the sifr library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user's image reference does not parse.
+    #[error(transparent)]
+    InvalidReference(#[from] GrammarError),
+
+    /// A config file is missing, unreadable or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// A plugin could not be loaded: unreadable, not a component, the wrong
+    /// contract, a pin mismatch, or settings it refused.
+    #[error(transparent)]
+    PluginLoad(#[from] PluginLoadError),
+
+    /// A plugin failed while deciding (and its policy is fail-closed).
+    #[error(transparent)]
+    PluginFailed(#[from] PluginFailure),
+
+    /// The policy refused the image.
+    #[error("{image} was denied by plugin '{plugin}': {reason}")]
+    Denied {
+        image: String,
+        plugin: String,
+        reason: String,
+    },
+
+    /// An I/O error outside the plugins (compile cache and the like).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// A config file problem, with its location when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+/// Why a plugin did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    #[error("plugin '{plugin}': cannot read {}: {source}; check the `path` in its config entry", path.display())]
+    Read {
+        plugin: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "plugin '{plugin}' ({}) does not match its pin: expected sha256 {expected}, found {actual}; \
+         if the new file is trusted, update `sha256` in its config entry",
+        path.display()
+    )]
+    PinMismatch {
+        plugin: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("plugin '{plugin}': `sha256 = {pin:?}` is not 64 hex digits")]
+    BadPin { plugin: String, pin: String },
+
+    #[error("plugin '{plugin}': unknown builtin {name:?}; the builtins are: {known}")]
+    UnknownBuiltin {
+        plugin: String,
+        name: String,
+        known: String,
+    },
+
+    #[error(
+        "plugin '{plugin}' ({sha256}) is not a sifr policy plugin: {reason}; \
+         build it against the WIT package sifr:policy@0.1.0 (see PLUGINS.md)"
+    )]
+    WrongContract {
+        plugin: String,
+        sha256: String,
+        reason: String,
+    },
+
+    #[error("plugin '{plugin}' ({sha256}) could not be compiled: {reason}")]
+    Compile {
+        plugin: String,
+        sha256: String,
+        reason: String,
+    },
+
+    #[error("plugin '{plugin}' ({sha256}) refused its settings: {message}; fix [plugin.settings] in its config entry")]
+    SettingsRejected {
+        plugin: String,
+        sha256: String,
+        message: String,
+    },
+
+    #[error("plugin '{plugin}' ({sha256}) failed while loading: {failure}")]
+    Failed {
+        plugin: String,
+        sha256: String,
+        failure: Box<PluginFailure>,
+    },
+}
+
+/// A plugin misbehaved during a call: it trapped, panicked, ran out of time
+/// or memory, or returned something the host refuses to use.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin '{plugin}' ({sha256}) {kind} in {function}(); {}", kind.advice())]
+pub struct PluginFailure {
+    pub plugin: String,
+    /// `sha256:` and the first 12 hex digits of the component.
+    pub sha256: String,
+    /// The exported function that was running: `configure` or `decide`.
+    pub function: &'static str,
+    pub kind: FailureKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureKind {
+    #[error("exceeded its {} ms deadline", .0.as_millis())]
+    Timeout(Duration),
+    #[error("exceeded its {} MiB memory limit", .limit_bytes >> 20)]
+    OutOfMemory { limit_bytes: usize },
+    #[error("panicked: {0}")]
+    Panic(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned an invalid result: {0}")]
+    InvalidOutput(String),
+}
+
+impl FailureKind {
+    fn advice(&self) -> &'static str {
+        match self {
+            FailureKind::Timeout(_) => {
+                "fix the plugin, or raise `timeout-ms` under [sandbox] in the config"
+            }
+            FailureKind::OutOfMemory { .. } => {
+                "fix the plugin, or raise `memory-mib` under [sandbox] in the config"
+            }
+            FailureKind::Panic(_) | FailureKind::Trap(_) | FailureKind::InvalidOutput(_) => {
+                "this is a bug in the plugin: report it to its author, or set \
+                 `on-error = \"fail-open\"` to skip it"
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! sifr: pull and run OCI images with Apptainer, under policies that site
+//! admins write as sandboxed WebAssembly plugins.
+//!
+//! The library is the product; the `sifr` binary is a thin layer over it.
+//!
+//! ```no_run
+//! use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose};
+//!
+//! let config = Config::load(&ConfigSources::standard(None))?;
+//! let policy = Policy::load(&config, &PolicyOptions::standard())?;
+//! let image = ImageRef::parse("ncbi/blast:2.14.0")?;
+//! for source in policy.resolve(&image, &Context::new(Purpose::Pull)).into_plan()? {
+//!     println!("{}", source.uri());
+//! }
+//! # Ok::<(), sifr::Error>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod reference;
+
+use std::path::PathBuf;
+
+pub use config::{Config, ConfigSources, OnError, PluginSource, PluginSpec, SandboxLimits};
+pub use error::{ConfigError, Error, FailureKind, PluginFailure, PluginLoadError};
+pub use policy::{
+    Context, Outcome, Policy, PolicyOptions, PullRef, Purpose, Resolution, Source, Step,
+    StepOutcome,
+};
+pub use reference::{ImageRef, ManifestDigest, SifDigest};
+
+/// sifr's cache directory: `$SIFR_CACHE_DIR`, else `$XDG_CACHE_HOME/sifr`
+/// (`~/.cache/sifr`).
+pub fn cache_root() -> Option<PathBuf> {
+    match std::env::var_os("SIFR_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => dirs::cache_dir().map(|d| d.join("sifr")),
+    }
+}

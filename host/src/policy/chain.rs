@@ -1,0 +1,211 @@
+//! Running the plugins in order.
+//!
+//! The first plugin receives the default plan, the origin alone; each next
+//! plugin receives the plan the previous one produced. A denial ends the
+//! chain. A plugin that fails ends it too when it is `fail-closed` (the
+//! default); a `fail-open` plugin is skipped with a warning, and the next
+//! plugin receives the plan the failed one was given.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::compile_cache::CompileCache;
+use super::plugin::LoadedPlugin;
+use super::sandbox::{LogLine, Sandbox};
+use super::validate::Verdict;
+use super::{Context, Source};
+use crate::config::{Config, OnError, SandboxLimits};
+use crate::error::{Error, PluginFailure, PluginLoadError};
+use crate::reference::ImageRef;
+
+/// How to load a policy.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOptions {
+    /// Where compiled plugins are kept; `None` compiles in memory every time.
+    pub compile_cache: Option<CompileCache>,
+}
+
+impl PolicyOptions {
+    /// The standard compiled-plugin cache (see [`CompileCache::standard`]).
+    pub fn standard() -> Self {
+        Self {
+            compile_cache: CompileCache::standard(),
+        }
+    }
+}
+
+/// A loaded chain of plugins. Load once, resolve many times.
+pub struct Policy {
+    plugins: Vec<LoadedPlugin>,
+}
+
+/// What one plugin did to the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub plugin: String,
+    pub sha256: String,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+    pub logs: Vec<LogLine>,
+    #[serde(serialize_with = "micros")]
+    pub elapsed: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// The plugin returned this plan.
+    Plan { sources: Vec<Source> },
+    /// The plugin refused the image.
+    Deny { reason: String },
+    /// The plugin failed and is fail-open: it was skipped.
+    Skipped { error: String },
+    /// The plugin failed and is fail-closed: the chain stopped.
+    Failed { error: String },
+}
+
+/// The outcome of a chain.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Sources to try, in order.
+    Plan(Vec<Source>),
+    Denied { plugin: String, reason: String },
+    Failed(PluginFailure),
+}
+
+/// The chain's answer for one image, with each plugin's step.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub image: ImageRef,
+    pub steps: Vec<Step>,
+    pub outcome: Outcome,
+}
+
+impl Resolution {
+    /// The plan, or the denial or failure as an [`Error`].
+    pub fn into_plan(self) -> Result<Vec<Source>, Error> {
+        match self.outcome {
+            Outcome::Plan(sources) => Ok(sources),
+            Outcome::Denied { plugin, reason } => Err(Error::Denied {
+                image: self.image.to_string(),
+                plugin,
+                reason,
+            }),
+            Outcome::Failed(failure) => Err(Error::PluginFailed(failure)),
+        }
+    }
+}
+
+impl Policy {
+    /// Load every plugin of `config`'s chain, in order.
+    pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, Error> {
+        let sandbox = new_sandbox(config.sandbox)?;
+        let plugins = config
+            .plugins
+            .iter()
+            .map(|spec| LoadedPlugin::load(spec, &sandbox, options.compile_cache.as_ref()))
+            .collect::<Result<_, PluginLoadError>>()?;
+        Ok(Self { plugins })
+    }
+
+    /// Load one plugin on its own, as `sifr plugin check` does.
+    pub fn load_single(
+        spec: &crate::config::PluginSpec,
+        limits: SandboxLimits,
+        options: &PolicyOptions,
+    ) -> Result<Self, Error> {
+        let sandbox = new_sandbox(limits)?;
+        let plugin = LoadedPlugin::load(spec, &sandbox, options.compile_cache.as_ref())?;
+        Ok(Self {
+            plugins: vec![plugin],
+        })
+    }
+
+    /// The loaded plugins, in chain order.
+    pub fn plugins(&self) -> &[LoadedPlugin] {
+        &self.plugins
+    }
+
+    /// Run the chain for `image`.
+    pub fn resolve(&self, image: &ImageRef, ctx: &Context) -> Resolution {
+        self.resolve_from(image, ctx, vec![Source::origin(image)])
+    }
+
+    /// Run the chain for `image`, starting from `plan` instead of the origin.
+    pub fn resolve_from(&self, image: &ImageRef, ctx: &Context, mut plan: Vec<Source>) -> Resolution {
+        let mut steps = Vec::with_capacity(self.plugins.len());
+        for plugin in &self.plugins {
+            let started = Instant::now();
+            let report = plugin.decide(image, ctx, &plan);
+            let mut step = Step {
+                plugin: plugin.name.clone(),
+                sha256: plugin.short_sha(),
+                outcome: StepOutcome::Plan {
+                    sources: Vec::new(),
+                },
+                logs: report.logs,
+                elapsed: started.elapsed(),
+            };
+            match report.result {
+                Ok(Verdict::Plan(sources)) => {
+                    step.outcome = StepOutcome::Plan {
+                        sources: sources.clone(),
+                    };
+                    plan = sources;
+                    steps.push(step);
+                }
+                Ok(Verdict::Deny(reason)) => {
+                    step.outcome = StepOutcome::Deny {
+                        reason: reason.clone(),
+                    };
+                    steps.push(step);
+                    return Resolution {
+                        image: image.clone(),
+                        steps,
+                        outcome: Outcome::Denied {
+                            plugin: plugin.name.clone(),
+                            reason,
+                        },
+                    };
+                }
+                Err(failure) => match plugin.on_error {
+                    OnError::FailOpen => {
+                        step.outcome = StepOutcome::Skipped {
+                            error: failure.to_string(),
+                        };
+                        steps.push(step);
+                    }
+                    OnError::FailClosed => {
+                        step.outcome = StepOutcome::Failed {
+                            error: failure.to_string(),
+                        };
+                        steps.push(step);
+                        return Resolution {
+                            image: image.clone(),
+                            steps,
+                            outcome: Outcome::Failed(failure),
+                        };
+                    }
+                },
+            }
+        }
+        Resolution {
+            image: image.clone(),
+            steps,
+            outcome: Outcome::Plan(plan),
+        }
+    }
+}
+
+fn new_sandbox(limits: SandboxLimits) -> Result<Arc<Sandbox>, Error> {
+    Sandbox::new(limits).map_err(|e| Error::Io {
+        what: "could not start the WebAssembly engine".to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}

@@ -1,0 +1,348 @@
+//! Loading, pinning and calling one plugin.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::bindings::v0_1_0;
+use super::compile_cache::CompileCache;
+use super::sandbox::{HostState, LogLine, Sandbox};
+use super::validate::{self, Verdict};
+use super::{Context, Source};
+use crate::config::{OnError, PluginSource, PluginSpec};
+use crate::error::{FailureKind, PluginFailure, PluginLoadError};
+use crate::reference::ImageRef;
+
+/// The interface every plugin exports, without its version.
+const POLICY_INTERFACE: &str = "sifr:policy/policy";
+
+/// The plugins embedded in the binary: `builtin = "<name>"`.
+const BUILTINS: &[(&str, &[u8])] = &[
+    (
+        "default",
+        include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_default.wasm")),
+    ),
+    (
+        "mirror",
+        include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_mirror.wasm")),
+    ),
+];
+
+/// The names of the built-in plugins.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    BUILTINS.iter().map(|(name, _)| *name)
+}
+
+/// Where a plugin's native code came from on this load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactOrigin {
+    /// Compiled from the `.wasm` now (and saved, when there is a cache).
+    Compiled,
+    /// Loaded from the compiled-plugin cache.
+    CacheHit,
+}
+
+/// A plugin, compiled, type-checked and configured: ready to decide.
+pub struct LoadedPlugin {
+    pub name: String,
+    /// `builtin:NAME` or the `.wasm` path.
+    pub source: String,
+    /// Full sha256 of the component, lowercase hex.
+    pub sha256: String,
+    /// The contract version the plugin was built against (`0.1.0`).
+    pub api_version: String,
+    pub settings: serde_json::Value,
+    pub on_error: OnError,
+    pub locked: bool,
+    pub artifact: ArtifactOrigin,
+    settings_json: String,
+    pre: v0_1_0::PluginPre<HostState>,
+    sandbox: Arc<Sandbox>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("sha256", &self.sha256)
+            .field("api_version", &self.api_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call produced, besides its result.
+pub(crate) struct CallReport<T> {
+    pub result: Result<T, PluginFailure>,
+    pub logs: Vec<LogLine>,
+}
+
+/// `sha256:` and the first 12 hex digits: enough to tell plugins apart in
+/// a message.
+pub(crate) fn short_sha(sha256: &str) -> String {
+    format!("sha256:{}", &sha256[..12.min(sha256.len())])
+}
+
+impl LoadedPlugin {
+    /// Read, pin-check, compile (or load from `cache`), type-check and
+    /// configure the plugin `spec` describes.
+    pub(crate) fn load(
+        spec: &PluginSpec,
+        sandbox: &Arc<Sandbox>,
+        cache: Option<&CompileCache>,
+    ) -> Result<Self, PluginLoadError> {
+        let name = spec.name.clone();
+        let (wasm, source): (std::borrow::Cow<'static, [u8]>, String) = match &spec.source {
+            PluginSource::Builtin(builtin) => {
+                let Some((_, bytes)) = BUILTINS.iter().find(|(n, _)| n == builtin) else {
+                    return Err(PluginLoadError::UnknownBuiltin {
+                        plugin: name,
+                        name: builtin.clone(),
+                        known: builtin_names().collect::<Vec<_>>().join(", "),
+                    });
+                };
+                ((*bytes).into(), format!("builtin:{builtin}"))
+            }
+            PluginSource::Path(path) => {
+                let bytes = std::fs::read(path).map_err(|source| PluginLoadError::Read {
+                    plugin: name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                (bytes.into(), path.display().to_string())
+            }
+        };
+        let sha256 = hex::encode(Sha256::digest(&wasm));
+        if let Some(expected) = &spec.sha256
+            && *expected != sha256
+        {
+            return Err(PluginLoadError::PinMismatch {
+                plugin: name,
+                path: source.into(),
+                expected: expected.clone(),
+                actual: sha256,
+            });
+        }
+        let short = short_sha(&sha256);
+        let (component, artifact) = compile(sandbox, cache, &wasm, &sha256).map_err(|reason| {
+            PluginLoadError::Compile {
+                plugin: name.clone(),
+                sha256: short.clone(),
+                reason,
+            }
+        })?;
+        let wrong = |reason: String| PluginLoadError::WrongContract {
+            plugin: name.clone(),
+            sha256: short.clone(),
+            reason,
+        };
+        let api_version = policy_export_version(sandbox, &component).map_err(&wrong)?;
+        let instance_pre = sandbox
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| wrong(format!("its imports cannot be satisfied: {}", chain_text(&e))))?;
+        let pre = v0_1_0::PluginPre::new(instance_pre)
+            .map_err(|e| wrong(format!("its exports do not match: {}", chain_text(&e))))?;
+        let plugin = Self {
+            name: name.clone(),
+            source,
+            sha256,
+            api_version,
+            settings: spec.settings.clone(),
+            on_error: spec.on_error,
+            locked: spec.locked,
+            artifact,
+            settings_json: spec.settings.to_string(),
+            pre,
+            sandbox: sandbox.clone(),
+        };
+        // Validate the settings now, so that a bad config fails at load time
+        // with the plugin's own message rather than on the first image.
+        let report = plugin.call("configure", |_, _| Ok(()));
+        match report.result {
+            Ok(()) => Ok(plugin),
+            Err(PluginFailure {
+                kind: FailureKind::InvalidOutput(message),
+                function: "configure",
+                ..
+            }) => Err(PluginLoadError::SettingsRejected {
+                plugin: name,
+                sha256: short,
+                message,
+            }),
+            Err(failure) => Err(PluginLoadError::Failed {
+                plugin: name,
+                sha256: short,
+                failure: Box::new(failure),
+            }),
+        }
+    }
+
+    /// `sha256:` and the first 12 hex digits.
+    pub fn short_sha(&self) -> String {
+        short_sha(&self.sha256)
+    }
+
+    /// Ask the plugin to decide. A fresh instance is made for the call, so
+    /// nothing leaks from one decision to the next.
+    pub(crate) fn decide(
+        &self,
+        image: &ImageRef,
+        ctx: &Context,
+        plan: &[Source],
+    ) -> CallReport<Verdict> {
+        let image_w = v0_1_0::sifr::policy::types::ImageRef {
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+            tag: image.tag.clone(),
+            manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
+        };
+        let ctx_w = v0_1_0::sifr::policy::types::Context {
+            purpose: match ctx.purpose {
+                super::Purpose::Pull => v0_1_0::sifr::policy::types::Purpose::Pull,
+                super::Purpose::Run => v0_1_0::sifr::policy::types::Purpose::Run,
+            },
+            arch: ctx.arch.clone(),
+            local_sif_digest: ctx.local_sif_digest.as_ref().map(|d| d.to_string()),
+        };
+        let plan_w: Vec<_> = plan.iter().map(validate::to_wit).collect();
+        let report = self.call("decide", |store, plugin| {
+            plugin
+                .sifr_policy_policy()
+                .call_decide(store, &image_w, &ctx_w, &plan_w)
+        });
+        CallReport {
+            result: report.result.and_then(|decision| {
+                validate::decision(decision)
+                    .map_err(|reason| self.failure("decide", FailureKind::InvalidOutput(reason)))
+            }),
+            logs: report.logs,
+        }
+    }
+
+    fn failure(&self, function: &'static str, kind: FailureKind) -> PluginFailure {
+        PluginFailure {
+            plugin: self.name.clone(),
+            sha256: self.short_sha(),
+            function,
+            kind,
+        }
+    }
+
+    /// Instantiate on a fresh store, configure, then run `f`. Any failure is
+    /// named for the function that was running when it happened.
+    fn call<T>(
+        &self,
+        function: &'static str,
+        f: impl FnOnce(&mut Store<HostState>, &v0_1_0::Plugin) -> wasmtime::Result<T>,
+    ) -> CallReport<T> {
+        let sandbox = &self.sandbox;
+        let mut store = sandbox.store();
+        let mut running = "configure";
+        let outcome = (|| {
+            let plugin = self.pre.instantiate(&mut store)?;
+            let configured = plugin
+                .sifr_policy_policy()
+                .call_configure(&mut store, &self.settings_json)?;
+            if let Err(message) = configured {
+                return Ok(Err(message));
+            }
+            running = function;
+            // Each exported function gets the whole deadline.
+            sandbox.arm_deadline(&mut store);
+            f(&mut store, &plugin).map(Ok)
+        })();
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(self.failure(
+                "configure",
+                FailureKind::InvalidOutput(super::sandbox::sanitize(&message, 4096)),
+            )),
+            Err(error) => Err(self.failure(running, store.data().classify(&error, &sandbox.limits))),
+        };
+        CallReport {
+            result,
+            logs: store.data_mut().take_logs(),
+        }
+    }
+}
+
+/// Compile `wasm`, or load its native code from the cache.
+fn compile(
+    sandbox: &Sandbox,
+    cache: Option<&CompileCache>,
+    wasm: &[u8],
+    sha256: &str,
+) -> Result<(Component, ArtifactOrigin), String> {
+    let engine = &sandbox.engine;
+    let path = cache.map(|c| (c, c.artifact_path(engine, sha256)));
+    if let Some((cache, path)) = &path
+        && let Some(component) = cache.load(engine, path)
+    {
+        return Ok((component, ArtifactOrigin::CacheHit));
+    }
+    if wasm.starts_with(b"\0asm\x01\0\0\0") {
+        return Err("it is a core WebAssembly module, not a component; build it for \
+                    wasm32-wasip2 (or run `wasm-tools component new`)"
+            .to_string());
+    }
+    let component = Component::new(engine, wasm).map_err(|e| {
+        format!(
+            "it is not a valid WebAssembly component ({}); build it with \
+             `cargo build --target wasm32-wasip2 --release`",
+            chain_text(&e)
+        )
+    })?;
+    if let Some((cache, path)) = &path {
+        // A cache that cannot be written only costs time on the next run.
+        let _ = cache.store(&component, path);
+    }
+    Ok((component, ArtifactOrigin::Compiled))
+}
+
+/// The contract version from the component's export name
+/// (`sifr:policy/policy@0.1.0`), or why there is none.
+fn policy_export_version(sandbox: &Sandbox, component: &Component) -> Result<String, String> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(&sandbox.engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for export in &exports {
+        if let Some(version) = export
+            .strip_prefix(POLICY_INTERFACE)
+            .and_then(|rest| rest.strip_prefix('@'))
+        {
+            return if version.starts_with("0.1.") {
+                Ok(version.to_string())
+            } else {
+                Err(format!(
+                    "it was built for {POLICY_INTERFACE}@{version}, and this sifr speaks {}",
+                    super::API_VERSION
+                ))
+            };
+        }
+    }
+    Err(format!(
+        "it does not export {POLICY_INTERFACE}@{} (it exports: {})",
+        super::API_VERSION,
+        if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        }
+    ))
+}
+
+/// An error and its causes on one line.
+fn chain_text(error: &wasmtime::Error) -> String {
+    error
+        .chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

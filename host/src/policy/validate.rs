@@ -1,0 +1,157 @@
+//! What a plugin returns, checked before the host uses it.
+//!
+//! Every source must fit the OCI distribution grammar (see
+//! [`crate::reference`]), so nothing a plugin returns can reach apptainer's
+//! argv as a flag, or carry whitespace or shell metacharacters. Sizes are
+//! capped so that a plugin cannot flood the terminal or the cache index.
+
+use super::bindings::v0_1_0::sifr::policy::types as wit;
+use super::sandbox::sanitize;
+use super::{PullRef, Source};
+use crate::reference::{ManifestDigest, validate_registry, validate_repository, validate_tag};
+
+/// Most sources a plan may have.
+pub const MAX_SOURCES: usize = 32;
+/// Longest note, in bytes.
+pub const MAX_NOTE: usize = 512;
+/// Longest denial reason, in bytes.
+pub const MAX_REASON: usize = 2048;
+
+/// A plugin's decision, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Plan(Vec<Source>),
+    Deny(String),
+}
+
+pub(crate) fn decision(decision: wit::Decision) -> Result<Verdict, String> {
+    match decision {
+        wit::Decision::Deny(reason) => {
+            if reason.len() > MAX_REASON {
+                return Err(format!(
+                    "a denial reason of {} bytes (at most {MAX_REASON})",
+                    reason.len()
+                ));
+            }
+            if reason.trim().is_empty() {
+                return Err("a denial with no reason; say why the image is refused".to_string());
+            }
+            Ok(Verdict::Deny(sanitize(&reason, MAX_REASON)))
+        }
+        wit::Decision::Plan(sources) => {
+            if sources.is_empty() {
+                return Err("an empty plan; deny the image instead, with a reason".to_string());
+            }
+            if sources.len() > MAX_SOURCES {
+                return Err(format!(
+                    "a plan of {} sources (at most {MAX_SOURCES})",
+                    sources.len()
+                ));
+            }
+            sources
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| source(s).map_err(|e| format!("source #{}: {e}", i + 1)))
+                .collect::<Result<_, _>>()
+                .map(Verdict::Plan)
+        }
+    }
+}
+
+fn source(s: wit::Source) -> Result<Source, String> {
+    validate_registry(&s.registry).map_err(|e| e.to_string())?;
+    validate_repository(&s.repository)
+        .map_err(|e| format!("repository {:?}: {e}", s.repository))?;
+    if s.registry.len() + 1 + s.repository.len() > 255 {
+        return Err("the name is longer than 255 characters".to_string());
+    }
+    let reference = match s.reference {
+        wit::PullRef::Tag(tag) => {
+            validate_tag(&tag).map_err(|e| e.to_string())?;
+            PullRef::Tag(tag)
+        }
+        wit::PullRef::Digest(digest) => {
+            PullRef::Digest(ManifestDigest::parse(&digest).map_err(|e| e.to_string())?)
+        }
+    };
+    if s.note.len() > MAX_NOTE {
+        return Err(format!(
+            "a note of {} bytes (at most {MAX_NOTE})",
+            s.note.len()
+        ));
+    }
+    Ok(Source {
+        registry: s.registry,
+        repository: s.repository,
+        reference,
+        plain_http: s.plain_http,
+        note: sanitize(&s.note, MAX_NOTE),
+    })
+}
+
+/// A validated source, as the next plugin receives it.
+pub(crate) fn to_wit(s: &Source) -> wit::Source {
+    wit::Source {
+        registry: s.registry.clone(),
+        repository: s.repository.clone(),
+        reference: match &s.reference {
+            PullRef::Tag(tag) => wit::PullRef::Tag(tag.clone()),
+            PullRef::Digest(digest) => wit::PullRef::Digest(digest.to_string()),
+        },
+        plain_http: s.plain_http,
+        note: s.note.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wit_source(registry: &str, repository: &str, reference: wit::PullRef) -> wit::Source {
+        wit::Source {
+            registry: registry.into(),
+            repository: repository.into(),
+            reference,
+            plain_http: false,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn nothing_that_looks_like_a_flag_or_shell_gets_through() {
+        let tag = |t: &str| wit::PullRef::Tag(t.into());
+        let bad = [
+            wit_source("--bind=/:/x", "a", tag("1")),
+            wit_source("-v", "a", tag("1")),
+            wit_source("reg.io", "a b", tag("1")),
+            wit_source("reg.io", "a;reboot", tag("1")),
+            wit_source("reg.io", "$(id)", tag("1")),
+            wit_source("reg.io", "a", tag("1 --bind /:/x")),
+            wit_source("reg.io", "a", tag("`id`")),
+            wit_source("reg.io", "a", tag("-x")),
+            wit_source("reg.io", "a", wit::PullRef::Digest("sha256:ABC".into())),
+            wit_source("reg.io", "a", wit::PullRef::Digest("--force".into())),
+            wit_source("reg io", "a", tag("1")),
+            wit_source("reg.io\n", "a", tag("1")),
+        ];
+        for s in bad {
+            let shown = format!("{s:?}");
+            assert!(decision(wit::Decision::Plan(vec![s])).is_err(), "{shown}");
+        }
+        let good = wit_source("mirror.example:5000", "dockerhub/library/ubuntu", tag("22.04"));
+        assert!(decision(wit::Decision::Plan(vec![good])).is_ok());
+    }
+
+    #[test]
+    fn sizes_are_capped() {
+        let ok = || wit_source("reg.io", "a", wit::PullRef::Tag("1".into()));
+        let many = (0..=MAX_SOURCES).map(|_| ok()).collect();
+        assert!(decision(wit::Decision::Plan(many)).unwrap_err().contains("sources"));
+        let mut long_note = ok();
+        long_note.note = "x".repeat(MAX_NOTE + 1);
+        assert!(decision(wit::Decision::Plan(vec![long_note])).unwrap_err().contains("note"));
+        let reason = "x".repeat(MAX_REASON + 1);
+        assert!(decision(wit::Decision::Deny(reason)).unwrap_err().contains("reason"));
+        assert!(decision(wit::Decision::Plan(vec![])).unwrap_err().contains("empty plan"));
+    }
+}

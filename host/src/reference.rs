@@ -1,0 +1,419 @@
+//! The image-reference grammar of the OCI distribution spec and Docker.
+//!
+//! Everything that can reach apptainer's argv — what a user typed and what a
+//! plugin returned — goes through these checks. The grammar has no room for
+//! whitespace, shell metacharacters or a leading `-`, so nothing that passes
+//! can be read as a flag or split into two words.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Docker Hub's canonical registry name.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// Longest `registry/repository` name the distribution spec allows.
+const MAX_NAME_LEN: usize = 255;
+
+/// A canonical image reference: what the user asked for, before any plugin
+/// rewrote it. This is the image's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ImageRef {
+    /// `host[:port]`; Docker Hub is always [`DOCKER_HUB`].
+    pub registry: String,
+    /// Path components; single Docker Hub names get `library/`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub manifest_digest: Option<ManifestDigest>,
+}
+
+/// A registry manifest digest (`sha256:<64 hex>`): names an image in a
+/// registry, and can be pulled by.
+///
+/// Not to be confused with [`SifDigest`]: the two are different types so that
+/// one can never be passed where the other is meant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ManifestDigest(String);
+
+/// The sha256 of a local SIF file.
+///
+/// A `docker://` pull is a build: two pulls of one image give SIF files with
+/// different bytes. So this is a local integrity check, never an image
+/// identity across machines, and never a pull reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SifDigest(String);
+
+/// Why a reference, or a part of one, is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GrammarError(String);
+
+impl GrammarError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl ManifestDigest {
+    pub fn parse(s: &str) -> Result<Self, GrammarError> {
+        validate_digest(s)?;
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ManifestDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl SifDigest {
+    /// From the lowercase hex of a sha256 (64 characters).
+    pub fn from_hex(hex: &str) -> Result<Self, GrammarError> {
+        if !is_lower_hex(hex, 64) {
+            return Err(GrammarError::new(format!(
+                "SIF digest {hex:?} is not 64 lowercase hex digits"
+            )));
+        }
+        Ok(Self(format!("sha256:{hex}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SifDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ImageRef {
+    /// Parse what a user typed: `ubuntu`, `ncbi/blast:2.14.0`,
+    /// `quay.io/biocontainers/blast:2.15.0`, `localhost:5000/foo/bar:1.0`,
+    /// `ubuntu:22.04@sha256:<64 hex>`. A leading `docker://` is accepted.
+    pub fn parse(input: &str) -> Result<Self, GrammarError> {
+        Self::parse_inner(input).map_err(|e| {
+            GrammarError::new(format!("invalid image reference {input:?}: {}", e.0))
+        })
+    }
+
+    fn parse_inner(input: &str) -> Result<Self, GrammarError> {
+        let s = input.strip_prefix("docker://").unwrap_or(input);
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(GrammarError::new(format!(
+                "{scheme}:// is not supported; sifr pulls OCI images from registries \
+                 (write the reference without a scheme, or with docker://)"
+            )));
+        }
+        if s.is_empty() {
+            return Err(GrammarError::new("it is empty"));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(GrammarError::new(format!(
+                "it contains {c:?}; a reference has no whitespace or control characters"
+            )));
+        }
+
+        let (name, digest) = match s.rsplit_once('@') {
+            Some((name, digest)) => (name, Some(ManifestDigest::parse(digest)?)),
+            None => (s, None),
+        };
+        // A ':' after the last '/' starts the tag; one before it is a port.
+        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name[last_slash..].rfind(':') {
+            Some(i) => {
+                let tag = &name[last_slash + i + 1..];
+                validate_tag(tag)?;
+                (&name[..last_slash + i], Some(tag.to_string()))
+            }
+            None => (name, None),
+        };
+
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, rest)) if looks_like_registry(first) => (first, rest.to_string()),
+            _ => (DOCKER_HUB, name.to_string()),
+        };
+        let registry = match registry {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+            other => other,
+        };
+        validate_registry(registry)?;
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        validate_repository(&repository)?;
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(GrammarError::new(format!(
+                "the name is longer than {MAX_NAME_LEN} characters"
+            )));
+        }
+        Ok(Self {
+            registry: registry.to_string(),
+            repository,
+            tag,
+            manifest_digest: digest,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    /// The fully qualified form: `docker.io/library/ubuntu:22.04@sha256:…`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.manifest_digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Docker's rule: the first component names a registry when it has a `.` or
+/// a `:`, or is `localhost`. Otherwise it is a Docker Hub namespace.
+fn looks_like_registry(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+/// `host[:port]`, where host is a DNS name, an IPv4 address or `[IPv6]`.
+pub fn validate_registry(registry: &str) -> Result<(), GrammarError> {
+    let bad = |why: &str| {
+        Err(GrammarError::new(format!(
+            "registry {registry:?} is not host[:port]: {why}"
+        )))
+    };
+    if registry.is_empty() {
+        return bad("it is empty");
+    }
+    if registry.len() > MAX_NAME_LEN {
+        return bad("it is too long");
+    }
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return bad("an IPv6 address needs a closing ']'");
+        };
+        if v6.is_empty() || !v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+            return bad("not an IPv6 address");
+        }
+        match after {
+            "" => (v6, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (v6, Some(port)),
+                None => return bad("unexpected characters after ']'"),
+            },
+        }
+    } else {
+        match registry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (registry, None),
+        }
+    };
+    if let Some(port) = port
+        && (port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u32>().map_or(true, |p| p == 0 || p > 65535))
+    {
+        return bad("the port must be a number from 1 to 65535");
+    }
+    if !registry.starts_with('[') {
+        for label in host.split('.') {
+            let ok = !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !ok {
+                return bad("each dot-separated part must be letters, digits and inner '-'");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Path components: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, joined by `/`.
+pub fn validate_repository(repository: &str) -> Result<(), GrammarError> {
+    if repository.is_empty() {
+        return Err(GrammarError::new("the repository is empty"));
+    }
+    if repository.len() > MAX_NAME_LEN {
+        return Err(GrammarError::new(format!(
+            "the repository is longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    for component in repository.split('/') {
+        if !is_path_component(component) {
+            let hint = if component.bytes().any(|b| b.is_ascii_uppercase()) {
+                format!(" (repositories are lowercase: try {:?})", component.to_lowercase())
+            } else {
+                String::new()
+            };
+            return Err(GrammarError::new(format!(
+                "repository component {component:?} is not valid: use lowercase letters and \
+                 digits, separated by '.', '_', '__' or '-'{hint}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: '.', '_', '__' or one or more '-'.
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn validate_tag(tag: &str) -> Result<(), GrammarError> {
+    let b = tag.as_bytes();
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(GrammarError::new(format!(
+            "tag {tag:?} is not valid: it must match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"
+        )))
+    }
+}
+
+/// `algorithm:hex`; sha256 has exactly 64 lowercase hex digits, sha512 128.
+pub fn validate_digest(digest: &str) -> Result<(), GrammarError> {
+    let bad = |why: String| Err(GrammarError::new(format!("digest {digest:?} {why}")));
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return bad("is not algorithm:hex (e.g. sha256:<64 hex digits>)".to_string());
+    };
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        other => return bad(format!("uses {other:?}; only sha256 and sha512 are supported")),
+    };
+    if !is_lower_hex(hex, len) {
+        return bad(format!("must have exactly {len} lowercase hex digits after '{algorithm}:'"));
+    }
+    Ok(())
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn parses_and_normalises_references() {
+        let cases: &[(&str, &str, &str, Option<&str>, bool)] = &[
+            ("ubuntu", "docker.io", "library/ubuntu", None, false),
+            ("ncbi/blast:2.14.0", "docker.io", "ncbi/blast", Some("2.14.0"), false),
+            ("docker://ncbi/blast:2.14.0", "docker.io", "ncbi/blast", Some("2.14.0"), false),
+            ("index.docker.io/library/ubuntu", "docker.io", "library/ubuntu", None, false),
+            (
+                "quay.io/biocontainers/blast:2.15.0",
+                "quay.io",
+                "biocontainers/blast",
+                Some("2.15.0"),
+                false,
+            ),
+            ("localhost:5000/foo/bar:1.0", "localhost:5000", "foo/bar", Some("1.0"), false),
+            ("localhost/foo", "localhost", "foo", None, false),
+            ("[::1]:5000/foo:1", "[::1]:5000", "foo", Some("1"), false),
+            ("127.0.0.1:5000/a/b/c", "127.0.0.1:5000", "a/b/c", None, false),
+            ("my-reg.example.com/a__b/c-d---e", "my-reg.example.com", "a__b/c-d---e", None, false),
+        ];
+        for &(input, registry, repository, tag, digest) in cases {
+            let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(r.registry, registry, "{input}");
+            assert_eq!(r.repository, repository, "{input}");
+            assert_eq!(r.tag.as_deref(), tag, "{input}");
+            assert_eq!(r.manifest_digest.is_some(), digest, "{input}");
+        }
+        let pinned = ImageRef::parse(&format!("ubuntu:22.04@{D}")).unwrap();
+        assert_eq!(pinned.tag.as_deref(), Some("22.04"));
+        assert_eq!(pinned.manifest_digest.unwrap().as_str(), D);
+    }
+
+    #[test]
+    fn rejects_malformed_references_with_a_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("Ubuntu", "try \"ubuntu\""),
+            ("ubuntu:22 .04", "whitespace"),
+            ("ubuntu@sha256:abc", "64 lowercase hex"),
+            ("ubuntu@md5:0123", "only sha256 and sha512"),
+            ("ubuntu:-x", "tag \"-x\""),
+            ("library://alpine", "library:// is not supported"),
+            ("foo//bar", "component \"\""),
+            ("reg.io:99999/foo", "port"),
+            ("-bad.io/foo", "dot-separated"),
+            ("foo;rm", "component \"foo;rm\""),
+            ("foo/$(id)", "component"),
+        ];
+        for &(input, expect) in cases {
+            let err = ImageRef::parse(input).expect_err(input).to_string();
+            assert!(err.contains(expect), "{input}: {err}");
+            assert!(err.contains(&format!("{input:?}")), "names the input: {err}");
+        }
+    }
+
+    #[test]
+    fn tags_follow_the_distribution_grammar() {
+        for ok in ["latest", "_x", "1.0-rc.1", &"a".repeat(128)] {
+            assert!(validate_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "-x", "a b", "a;b", &"a".repeat(129), "a\u{e9}"] {
+            assert!(validate_tag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registries_cannot_smuggle_flags() {
+        for bad in ["--bind=/:/x", "-x", "a b", "host:", "host:abc", "[::1", "a..b", "x/y"] {
+            assert!(validate_registry(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sif_digest_is_not_a_manifest_digest() {
+        let hex = &D["sha256:".len()..];
+        let sif = SifDigest::from_hex(hex).unwrap();
+        assert_eq!(sif.as_str(), D);
+        assert!(SifDigest::from_hex("ABC").is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The policy chain as a library user meets it: config, loading, pinning,
+//! chain order, settings and the compiled-plugin cache.
+
+mod common;
+
+use common::{Scratch, entry, plugin_wasm, sha256_hex};
+use sifr::policy::{ArtifactOrigin, CompileCache};
+use sifr::{
+    Config, ConfigSources, Context, Error, ImageRef, Outcome, Policy, PolicyOptions,
+    PluginLoadError, Purpose,
+};
+
+fn load(scratch: &Scratch, toml: &str) -> Result<Policy, Error> {
+    let path = scratch.write("config.toml", toml);
+    let config = Config::load(&ConfigSources::only(path))?;
+    Policy::load(&config, &PolicyOptions::default())
+}
+
+fn uris(policy: &Policy, image: &str) -> Vec<String> {
+    let image = ImageRef::parse(image).unwrap();
+    policy
+        .resolve(&image, &Context::new(Purpose::Pull))
+        .into_plan()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri())
+        .collect()
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn default_chain_gives_the_seed_uri_form() {
+    let config = Config::load(&ConfigSources::default()).unwrap();
+    let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
+    assert_eq!(uris(&policy, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+    assert_eq!(
+        uris(&policy, &format!("ubuntu:22.04@{DIGEST}")),
+        [format!("docker://ubuntu@{DIGEST}")]
+    );
+    assert_eq!(
+        uris(&policy, "quay.io/biocontainers/blast:2.15.0"),
+        ["docker://quay.io/biocontainers/blast:2.15.0"]
+    );
+    assert_eq!(
+        uris(&policy, "localhost:5000/foo/bar:1.0"),
+        ["docker://localhost:5000/foo/bar:1.0"]
+    );
+    assert_eq!(uris(&policy, "alpine"), ["docker://alpine:latest"]);
+}
+
+#[test]
+fn a_local_sif_digest_is_never_used_as_a_pull_reference() {
+    let config = Config::load(&ConfigSources::default()).unwrap();
+    let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
+    let image = ImageRef::parse("ncbi/blast:2.14.0").unwrap();
+    let mut ctx = Context::new(Purpose::Run);
+    ctx.local_sif_digest = Some(sifr::SifDigest::from_hex(&"f".repeat(64)).unwrap());
+    let plan = policy.resolve(&image, &ctx).into_plan().unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].uri(), "docker://ncbi/blast:2.14.0");
+}
+
+#[test]
+fn plugins_run_in_configured_order_each_seeing_the_previous_plan() {
+    let scratch = Scratch::new();
+    let mirror = |name: &str, host: &str| {
+        format!(
+            "[[plugin]]\nname = \"{name}\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+             registries = [\"docker.io\"]\n[[plugin.settings.mirrors]]\nregistry = \"{host}\"\n"
+        )
+    };
+    let toml = format!(
+        "{}{}[[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n",
+        mirror("first", "first.example"),
+        mirror("second", "second.example:5000"),
+    );
+    let policy = load(&scratch, &toml).unwrap();
+    // Each mirror plugin puts its mirror ahead of the plan it was given;
+    // the default plugin then pins every source to the requested digest.
+    assert_eq!(
+        uris(&policy, &format!("ubuntu:22.04@{DIGEST}")),
+        [
+            format!("docker://second.example:5000/library/ubuntu@{DIGEST}"),
+            format!("docker://first.example/library/ubuntu@{DIGEST}"),
+            format!("docker://ubuntu@{DIGEST}"),
+        ]
+    );
+    // Registries the mirrors do not cover keep their plan.
+    assert_eq!(uris(&policy, "quay.io/a/b:1"), ["docker://quay.io/a/b:1"]);
+
+    let image = ImageRef::parse("ubuntu:22.04").unwrap();
+    let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
+    let order: Vec<&str> = resolution.steps.iter().map(|s| s.plugin.as_str()).collect();
+    assert_eq!(order, ["first", "second", "default"]);
+}
+
+#[test]
+fn a_plugin_can_refuse_its_settings_and_loading_shows_why() {
+    let scratch = Scratch::new();
+    let toml = "[[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+                registries = [\"docker.io\"]\nmirrors = []\n";
+    let err = load(&scratch, toml).unwrap_err();
+    assert!(
+        matches!(&err, Error::PluginLoad(PluginLoadError::SettingsRejected { plugin, message, .. })
+            if plugin == "hub" && message.contains("`mirrors` is empty")),
+        "{err}"
+    );
+    let toml = "[[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\nmirrorz = 1\n";
+    let err = load(&scratch, toml).unwrap_err().to_string();
+    assert!(err.contains("refused its settings") && err.contains("mirrorz"), "{err}");
+    assert!(err.contains("fix [plugin.settings]"), "says what to do: {err}");
+}
+
+#[test]
+fn a_pin_mismatch_refuses_the_plugin_and_shows_both_hashes() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("mirror");
+    let actual = sha256_hex(&wasm);
+    let wrong = "ab".repeat(32);
+    let err = load(&scratch, &entry("pinned", &wasm, &format!("sha256 = \"{wrong}\"")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&wrong) && err.contains(&actual), "{err}");
+    assert!(err.contains("update `sha256`"), "{err}");
+
+    // The right pin loads (the mirror plugin then refuses its empty settings,
+    // which proves it got past the pin check).
+    let err = load(&scratch, &entry("pinned", &wasm, &format!("sha256 = \"{actual}\"")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused its settings"), "{err}");
+}
+
+#[test]
+fn unknown_builtins_and_missing_files_say_what_exists() {
+    let scratch = Scratch::new();
+    let err = load(&scratch, "[[plugin]]\nname = \"x\"\nbuiltin = \"mirrors\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown builtin \"mirrors\"") && err.contains("default, mirror"), "{err}");
+    let err = load(&scratch, "[[plugin]]\nname = \"x\"\npath = \"nope.wasm\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope.wasm") && err.contains("check the `path`"), "{err}");
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
+    let scratch = Scratch::new();
+    let cache = CompileCache::new(scratch.path().join("plugins"));
+    let options = PolicyOptions {
+        compile_cache: Some(cache.clone()),
+    };
+    let config = Config::default();
+    let first = Policy::load(&config, &options).unwrap();
+    assert_eq!(first.plugins()[0].artifact, ArtifactOrigin::Compiled);
+    let second = Policy::load(&config, &options).unwrap();
+    assert_eq!(second.plugins()[0].artifact, ArtifactOrigin::CacheHit);
+    assert_eq!(uris(&second, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+
+    // A damaged artifact is thrown away and compiled afresh, not trusted.
+    let artifact = std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("an artifact was written");
+    std::fs::write(&artifact, b"not native code").unwrap();
+    let third = Policy::load(&config, &options).unwrap();
+    assert_eq!(third.plugins()[0].artifact, ArtifactOrigin::Compiled);
+    assert_eq!(uris(&third, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+
+    // An artifact someone else could have written is never loaded.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let fourth = Policy::load(&config, &options).unwrap();
+    assert_eq!(fourth.plugins()[0].artifact, ArtifactOrigin::Compiled);
+}
+
+#[test]
+fn a_denial_names_the_plugin_and_its_reason() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    let policy = load(
+        &scratch,
+        &entry("gatekeeper", &wasm, "[plugin.settings]\nmode = \"deny\""),
+    )
+    .unwrap();
+    let image = ImageRef::parse("ubuntu:latest").unwrap();
+    let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
+    assert!(matches!(&resolution.outcome, Outcome::Denied { plugin, reason }
+        if plugin == "gatekeeper" && reason == "hostile plugin says no"));
+    let err = resolution.into_plan().unwrap_err();
+    assert!(matches!(err, Error::Denied { .. }));
+    assert_eq!(
+        err.to_string(),
+        "docker.io/library/ubuntu:latest was denied by plugin 'gatekeeper': hostile plugin says no"
+    );
+}
