@@ -11,7 +11,9 @@ const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().expect("host/ is inside the repository");
+    let root = manifest_dir
+        .parent()
+        .expect("host/ is inside the repository");
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
@@ -58,7 +60,11 @@ fn main() {
     let out = target_dir.join(TARGET).join("release");
     for name in ["sifr_plugin_default", "sifr_plugin_mirror"] {
         let wasm = out.join(format!("{name}.wasm"));
-        assert!(wasm.is_file(), "the plugin build did not produce {}", wasm.display());
+        assert!(
+            wasm.is_file(),
+            "the plugin build did not produce {}",
+            wasm.display()
+        );
     }
     println!("cargo:rustc-env=SIFR_PLUGIN_DIR={}", out.display());
 }
@@ -92,5 +98,9 @@ fn ensure_target() {
 }
 
 fn has_target(sysroot: &Path) -> bool {
-    sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir()
+    sysroot
+        .join("lib/rustlib")
+        .join(TARGET)
+        .join("lib")
+        .is_dir()
 }

@@ -241,9 +241,12 @@ impl Config {
                     let span = ms.span();
                     let ms = ms.into_inner();
                     if !(1..=60_000).contains(&ms) {
-                        return Err(err(span, format!(
-                            "timeout-ms = {ms} is out of range: give 1 to 60000 milliseconds"
-                        )));
+                        return Err(err(
+                            span,
+                            format!(
+                                "timeout-ms = {ms} is out of range: give 1 to 60000 milliseconds"
+                            ),
+                        ));
                     }
                     config.sandbox.timeout = Duration::from_millis(ms);
                 }
@@ -251,9 +254,10 @@ impl Config {
                     let span = mib.span();
                     let mib = mib.into_inner();
                     if !(1..=4096).contains(&mib) {
-                        return Err(err(span, format!(
-                            "memory-mib = {mib} is out of range: give 1 to 4096 MiB"
-                        )));
+                        return Err(err(
+                            span,
+                            format!("memory-mib = {mib} is out of range: give 1 to 4096 MiB"),
+                        ));
                     }
                     config.sandbox.memory_bytes = (mib as usize) << 20;
                 }
@@ -340,7 +344,10 @@ fn plugin_spec(
     };
     let sha256 = match entry.sha256 {
         Some(pin) => {
-            let hex = pin.strip_prefix("sha256:").unwrap_or(&pin).to_ascii_lowercase();
+            let hex = pin
+                .strip_prefix("sha256:")
+                .unwrap_or(&pin)
+                .to_ascii_lowercase();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
                     "plugin '{name}': sha256 = {pin:?} is not 64 hex digits; get it with `sha256sum FILE.wasm`"
@@ -376,7 +383,9 @@ pub fn toml_to_json(value: toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -445,16 +454,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("[[plugin]]\nname = \"a\"\n", "needs `path"),
-            ("[[plugin]]\nname = \"a\"\npath = \"x.wasm\"\nbuiltin = \"default\"\n", "both"),
-            ("[[plugin]]\nname = \"A B\"\nbuiltin = \"default\"\n", "not valid"),
-            ("[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\nsha256 = \"abc\"\n", "64 hex"),
-            ("[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\nlocked = true\n", "only honoured in the site"),
-            ("[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\non-error = \"ignore\"\n", "unknown variant"),
+            (
+                "[[plugin]]\nname = \"a\"\npath = \"x.wasm\"\nbuiltin = \"default\"\n",
+                "both",
+            ),
+            (
+                "[[plugin]]\nname = \"A B\"\nbuiltin = \"default\"\n",
+                "not valid",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\nsha256 = \"abc\"\n",
+                "64 hex",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\nlocked = true\n",
+                "only honoured in the site",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\non-error = \"ignore\"\n",
+                "unknown variant",
+            ),
             ("[sandbox]\ntimeout-ms = 0\n", "out of range"),
             ("[sandbox]\nmemory-mib = \"lots\"\n", "invalid type"),
-            ("[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\n[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\n", "used twice"),
+            (
+                "[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\n[[plugin]]\nname = \"a\"\nbuiltin = \"default\"\n",
+                "used twice",
+            ),
             ("plugin = 3", "invalid type"),
-            ("[sandbox\n", "invalid table header"),
+            ("[sandbox\n", "unclosed table"),
         ];
         for (text, expect) in cases {
             let path = write(dir.path(), "c.toml", text);

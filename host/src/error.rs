@@ -113,7 +113,9 @@ pub enum PluginLoadError {
         reason: String,
     },
 
-    #[error("plugin '{plugin}' ({sha256}) refused its settings: {message}; fix [plugin.settings] in its config entry")]
+    #[error(
+        "plugin '{plugin}' ({sha256}) refused its settings: {message}; fix [plugin.settings] in its config entry"
+    )]
     SettingsRejected {
         plugin: String,
         sha256: String,

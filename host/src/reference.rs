@@ -100,9 +100,8 @@ impl ImageRef {
     /// `quay.io/biocontainers/blast:2.15.0`, `localhost:5000/foo/bar:1.0`,
     /// `ubuntu:22.04@sha256:<64 hex>`. A leading `docker://` is accepted.
     pub fn parse(input: &str) -> Result<Self, GrammarError> {
-        Self::parse_inner(input).map_err(|e| {
-            GrammarError::new(format!("invalid image reference {input:?}: {}", e.0))
-        })
+        Self::parse_inner(input)
+            .map_err(|e| GrammarError::new(format!("invalid image reference {input:?}: {}", e.0)))
     }
 
     fn parse_inner(input: &str) -> Result<Self, GrammarError> {
@@ -203,7 +202,11 @@ pub fn validate_registry(registry: &str) -> Result<(), GrammarError> {
         let Some((v6, after)) = rest.split_once(']') else {
             return bad("an IPv6 address needs a closing ']'");
         };
-        if v6.is_empty() || !v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if v6.is_empty()
+            || !v6
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return bad("not an IPv6 address");
         }
         match after {
@@ -230,7 +233,9 @@ pub fn validate_registry(registry: &str) -> Result<(), GrammarError> {
     if !registry.starts_with('[') {
         for label in host.split('.') {
             let ok = !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-');
             if !ok {
@@ -254,7 +259,10 @@ pub fn validate_repository(repository: &str) -> Result<(), GrammarError> {
     for component in repository.split('/') {
         if !is_path_component(component) {
             let hint = if component.bytes().any(|b| b.is_ascii_uppercase()) {
-                format!(" (repositories are lowercase: try {:?})", component.to_lowercase())
+                format!(
+                    " (repositories are lowercase: try {:?})",
+                    component.to_lowercase()
+                )
             } else {
                 String::new()
             };
@@ -319,16 +327,24 @@ pub fn validate_digest(digest: &str) -> Result<(), GrammarError> {
     let len = match algorithm {
         "sha256" => 64,
         "sha512" => 128,
-        other => return bad(format!("uses {other:?}; only sha256 and sha512 are supported")),
+        other => {
+            return bad(format!(
+                "uses {other:?}; only sha256 and sha512 are supported"
+            ));
+        }
     };
     if !is_lower_hex(hex, len) {
-        return bad(format!("must have exactly {len} lowercase hex digits after '{algorithm}:'"));
+        return bad(format!(
+            "must have exactly {len} lowercase hex digits after '{algorithm}:'"
+        ));
     }
     Ok(())
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -341,9 +357,27 @@ mod tests {
     fn parses_and_normalises_references() {
         let cases: &[(&str, &str, &str, Option<&str>, bool)] = &[
             ("ubuntu", "docker.io", "library/ubuntu", None, false),
-            ("ncbi/blast:2.14.0", "docker.io", "ncbi/blast", Some("2.14.0"), false),
-            ("docker://ncbi/blast:2.14.0", "docker.io", "ncbi/blast", Some("2.14.0"), false),
-            ("index.docker.io/library/ubuntu", "docker.io", "library/ubuntu", None, false),
+            (
+                "ncbi/blast:2.14.0",
+                "docker.io",
+                "ncbi/blast",
+                Some("2.14.0"),
+                false,
+            ),
+            (
+                "docker://ncbi/blast:2.14.0",
+                "docker.io",
+                "ncbi/blast",
+                Some("2.14.0"),
+                false,
+            ),
+            (
+                "index.docker.io/library/ubuntu",
+                "docker.io",
+                "library/ubuntu",
+                None,
+                false,
+            ),
             (
                 "quay.io/biocontainers/blast:2.15.0",
                 "quay.io",
@@ -351,11 +385,29 @@ mod tests {
                 Some("2.15.0"),
                 false,
             ),
-            ("localhost:5000/foo/bar:1.0", "localhost:5000", "foo/bar", Some("1.0"), false),
+            (
+                "localhost:5000/foo/bar:1.0",
+                "localhost:5000",
+                "foo/bar",
+                Some("1.0"),
+                false,
+            ),
             ("localhost/foo", "localhost", "foo", None, false),
             ("[::1]:5000/foo:1", "[::1]:5000", "foo", Some("1"), false),
-            ("127.0.0.1:5000/a/b/c", "127.0.0.1:5000", "a/b/c", None, false),
-            ("my-reg.example.com/a__b/c-d---e", "my-reg.example.com", "a__b/c-d---e", None, false),
+            (
+                "127.0.0.1:5000/a/b/c",
+                "127.0.0.1:5000",
+                "a/b/c",
+                None,
+                false,
+            ),
+            (
+                "my-reg.example.com/a__b/c-d---e",
+                "my-reg.example.com",
+                "a__b/c-d---e",
+                None,
+                false,
+            ),
         ];
         for &(input, registry, repository, tag, digest) in cases {
             let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -388,7 +440,10 @@ mod tests {
         for &(input, expect) in cases {
             let err = ImageRef::parse(input).expect_err(input).to_string();
             assert!(err.contains(expect), "{input}: {err}");
-            assert!(err.contains(&format!("{input:?}")), "names the input: {err}");
+            assert!(
+                err.contains(&format!("{input:?}")),
+                "names the input: {err}"
+            );
         }
     }
 
@@ -404,7 +459,16 @@ mod tests {
 
     #[test]
     fn registries_cannot_smuggle_flags() {
-        for bad in ["--bind=/:/x", "-x", "a b", "host:", "host:abc", "[::1", "a..b", "x/y"] {
+        for bad in [
+            "--bind=/:/x",
+            "-x",
+            "a b",
+            "host:",
+            "host:abc",
+            "[::1",
+            "a..b",
+            "x/y",
+        ] {
             assert!(validate_registry(bad).is_err(), "{bad}");
         }
     }

@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 use sifr::policy::{ArtifactOrigin, LoadedPlugin, Outcome, StepOutcome};
 use sifr::{
-    Config, ConfigSources, Context, ImageRef, OnError, Policy, PolicyOptions, PluginSource,
-    PluginSpec, Purpose, SandboxLimits,
+    Config, ConfigSources, Context, ImageRef, OnError, PluginSource, PluginSpec, Policy,
+    PolicyOptions, Purpose, SandboxLimits,
 };
 
 use super::{Globals, exit, level_name};
@@ -90,8 +90,8 @@ fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
 
 fn ls(globals: &Globals, json: bool) -> Result<u8> {
     let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
-    let policy = Policy::load(&config, &PolicyOptions::standard())
-        .context("loading the policy chain")?;
+    let policy =
+        Policy::load(&config, &PolicyOptions::standard()).context("loading the policy chain")?;
     if json {
         let plugins: Vec<_> = policy.plugins().iter().map(describe).collect();
         println!(

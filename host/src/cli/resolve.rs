@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use sifr::policy::{Outcome, Step, StepOutcome};
-use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose, Resolution, Source};
+use sifr::{
+    Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose, Resolution, Source,
+};
 
 use super::{Globals, exit, level_name};
 
@@ -35,8 +37,8 @@ pub struct Args {
 
 pub fn run(globals: &Globals, args: Args) -> Result<u8> {
     let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
-    let policy = Policy::load(&config, &PolicyOptions::standard())
-        .context("loading the policy chain")?;
+    let policy =
+        Policy::load(&config, &PolicyOptions::standard()).context("loading the policy chain")?;
     let mut ctx = Context::new(args.purpose);
     if let Some(arch) = args.arch {
         ctx.arch = arch;
@@ -52,7 +54,8 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
                 if code == 0 {
                     code = exit::INVALID_REFERENCE;
                 }
-                json_out.push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
+                json_out
+                    .push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
                 continue;
             }
         };
@@ -164,7 +167,11 @@ fn explain(input: &str, resolution: &Resolution) -> String {
 
 fn explain_step(out: &mut String, n: usize, step: &Step) {
     let ms = step.elapsed.as_secs_f64() * 1e3;
-    let _ = writeln!(out, "  step {n}: plugin '{}' ({}), {ms:.2} ms", step.plugin, step.sha256);
+    let _ = writeln!(
+        out,
+        "  step {n}: plugin '{}' ({}), {ms:.2} ms",
+        step.plugin, step.sha256
+    );
     match &step.outcome {
         StepOutcome::Plan { sources } => {
             for (i, s) in sources.iter().enumerate() {

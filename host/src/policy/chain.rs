@@ -37,6 +37,7 @@ impl PolicyOptions {
 }
 
 /// A loaded chain of plugins. Load once, resolve many times.
+#[derive(Debug)]
 pub struct Policy {
     plugins: Vec<LoadedPlugin>,
 }
@@ -75,7 +76,10 @@ pub enum StepOutcome {
 pub enum Outcome {
     /// Sources to try, in order.
     Plan(Vec<Source>),
-    Denied { plugin: String, reason: String },
+    Denied {
+        plugin: String,
+        reason: String,
+    },
     Failed(PluginFailure),
 }
 
@@ -138,7 +142,12 @@ impl Policy {
     }
 
     /// Run the chain for `image`, starting from `plan` instead of the origin.
-    pub fn resolve_from(&self, image: &ImageRef, ctx: &Context, mut plan: Vec<Source>) -> Resolution {
+    pub fn resolve_from(
+        &self,
+        image: &ImageRef,
+        ctx: &Context,
+        mut plan: Vec<Source>,
+    ) -> Resolution {
         let mut steps = Vec::with_capacity(self.plugins.len());
         for plugin in &self.plugins {
             let started = Instant::now();
@@ -204,8 +213,10 @@ impl Policy {
 }
 
 fn new_sandbox(limits: SandboxLimits) -> Result<Arc<Sandbox>, Error> {
-    Sandbox::new(limits).map_err(|e| Error::Io {
-        what: "could not start the WebAssembly engine".to_string(),
-        source: std::io::Error::other(e.to_string()),
+    Sandbox::new(limits).map_err(|e| {
+        Error::io(
+            "could not start the WebAssembly engine",
+            std::io::Error::other(e.to_string()),
+        )
     })
 }

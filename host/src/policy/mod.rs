@@ -135,15 +135,27 @@ mod tests {
     fn origin_uris_have_the_seed_form() {
         let d = format!("sha256:{}", "ab".repeat(32));
         let cases = [
-            ("ncbi/blast:2.14.0", "docker://ncbi/blast:2.14.0".to_string()),
-            (&*format!("ubuntu:22.04@{d}"), format!("docker://ubuntu@{d}")),
+            (
+                "ncbi/blast:2.14.0",
+                "docker://ncbi/blast:2.14.0".to_string(),
+            ),
+            (
+                &*format!("ubuntu:22.04@{d}"),
+                format!("docker://ubuntu@{d}"),
+            ),
             ("ubuntu", "docker://ubuntu:latest".to_string()),
-            ("docker.io/library/a/b:1", "docker://library/a/b:1".to_string()),
+            (
+                "docker.io/library/a/b:1",
+                "docker://library/a/b:1".to_string(),
+            ),
             (
                 "quay.io/biocontainers/blast:2.15.0",
                 "docker://quay.io/biocontainers/blast:2.15.0".to_string(),
             ),
-            ("localhost:5000/foo/bar:1.0", "docker://localhost:5000/foo/bar:1.0".to_string()),
+            (
+                "localhost:5000/foo/bar:1.0",
+                "docker://localhost:5000/foo/bar:1.0".to_string(),
+            ),
         ];
         for (input, uri) in cases {
             let image = ImageRef::parse(input).unwrap();

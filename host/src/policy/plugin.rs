@@ -23,7 +23,10 @@ const POLICY_INTERFACE: &str = "sifr:policy/policy";
 const BUILTINS: &[(&str, &[u8])] = &[
     (
         "default",
-        include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_default.wasm")),
+        include_bytes!(concat!(
+            env!("SIFR_PLUGIN_DIR"),
+            "/sifr_plugin_default.wasm"
+        )),
     ),
     (
         "mirror",
@@ -128,23 +131,24 @@ impl LoadedPlugin {
             });
         }
         let short = short_sha(&sha256);
-        let (component, artifact) = compile(sandbox, cache, &wasm, &sha256).map_err(|reason| {
-            PluginLoadError::Compile {
+        let (component, artifact) =
+            compile(sandbox, cache, &wasm, &sha256).map_err(|reason| PluginLoadError::Compile {
                 plugin: name.clone(),
                 sha256: short.clone(),
                 reason,
-            }
-        })?;
+            })?;
         let wrong = |reason: String| PluginLoadError::WrongContract {
             plugin: name.clone(),
             sha256: short.clone(),
             reason,
         };
         let api_version = policy_export_version(sandbox, &component).map_err(&wrong)?;
-        let instance_pre = sandbox
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong(format!("its imports cannot be satisfied: {}", chain_text(&e))))?;
+        let instance_pre = sandbox.linker.instantiate_pre(&component).map_err(|e| {
+            wrong(format!(
+                "its imports cannot be satisfied: {}",
+                chain_text(&e)
+            ))
+        })?;
         let pre = v0_1_0::PluginPre::new(instance_pre)
             .map_err(|e| wrong(format!("its exports do not match: {}", chain_text(&e))))?;
         let plugin = Self {
@@ -262,7 +266,9 @@ impl LoadedPlugin {
                 "configure",
                 FailureKind::InvalidOutput(super::sandbox::sanitize(&message, 4096)),
             )),
-            Err(error) => Err(self.failure(running, store.data().classify(&error, &sandbox.limits))),
+            Err(error) => {
+                Err(self.failure(running, store.data().classify(&error, &sandbox.limits)))
+            }
         };
         CallReport {
             result,
@@ -286,9 +292,11 @@ fn compile(
         return Ok((component, ArtifactOrigin::CacheHit));
     }
     if wasm.starts_with(b"\0asm\x01\0\0\0") {
-        return Err("it is a core WebAssembly module, not a component; build it for \
+        return Err(
+            "it is a core WebAssembly module, not a component; build it for \
                     wasm32-wasip2 (or run `wasm-tools component new`)"
-            .to_string());
+                .to_string(),
+        );
     }
     let component = Component::new(engine, wasm).map_err(|e| {
         format!(

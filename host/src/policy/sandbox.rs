@@ -212,6 +212,9 @@ impl WasiView for HostState {
     }
 }
 
+/// The types interface has no functions; the host only has to name it.
+impl v0_1_0::sifr::policy::types::Host for HostState {}
+
 impl v0_1_0::sifr::policy::host::Host for HostState {
     fn log(&mut self, level: v0_1_0::sifr::policy::host::Level, message: String) {
         use v0_1_0::sifr::policy::host::Level;

@@ -138,7 +138,11 @@ mod tests {
             let shown = format!("{s:?}");
             assert!(decision(wit::Decision::Plan(vec![s])).is_err(), "{shown}");
         }
-        let good = wit_source("mirror.example:5000", "dockerhub/library/ubuntu", tag("22.04"));
+        let good = wit_source(
+            "mirror.example:5000",
+            "dockerhub/library/ubuntu",
+            tag("22.04"),
+        );
         assert!(decision(wit::Decision::Plan(vec![good])).is_ok());
     }
 
@@ -146,12 +150,28 @@ mod tests {
     fn sizes_are_capped() {
         let ok = || wit_source("reg.io", "a", wit::PullRef::Tag("1".into()));
         let many = (0..=MAX_SOURCES).map(|_| ok()).collect();
-        assert!(decision(wit::Decision::Plan(many)).unwrap_err().contains("sources"));
+        assert!(
+            decision(wit::Decision::Plan(many))
+                .unwrap_err()
+                .contains("sources")
+        );
         let mut long_note = ok();
         long_note.note = "x".repeat(MAX_NOTE + 1);
-        assert!(decision(wit::Decision::Plan(vec![long_note])).unwrap_err().contains("note"));
+        assert!(
+            decision(wit::Decision::Plan(vec![long_note]))
+                .unwrap_err()
+                .contains("note")
+        );
         let reason = "x".repeat(MAX_REASON + 1);
-        assert!(decision(wit::Decision::Deny(reason)).unwrap_err().contains("reason"));
-        assert!(decision(wit::Decision::Plan(vec![])).unwrap_err().contains("empty plan"));
+        assert!(
+            decision(wit::Decision::Deny(reason))
+                .unwrap_err()
+                .contains("reason")
+        );
+        assert!(
+            decision(wit::Decision::Plan(vec![]))
+                .unwrap_err()
+                .contains("empty plan")
+        );
     }
 }
