@@ -7,8 +7,8 @@ mod common;
 use common::{Scratch, entry, plugin_wasm};
 use sifr::policy::{LogLevel, StepOutcome};
 use sifr::{
-    Config, ConfigSources, Context, Error, FailureKind, ImageRef, Outcome, Policy, PolicyOptions,
-    PluginLoadError, Purpose,
+    Config, ConfigSources, Context, Error, FailureKind, ImageRef, Outcome, PluginLoadError, Policy,
+    PolicyOptions, Purpose,
 };
 
 fn hostile(scratch: &Scratch, mode: &str, extra: &str) -> Result<Policy, Error> {
@@ -56,10 +56,19 @@ fn failure(mode: &str) -> sifr::PluginFailure {
 fn an_infinite_loop_hits_the_deadline() {
     let f = failure("loop");
     assert_eq!(f.function, "decide");
-    assert_eq!(f.kind, FailureKind::Timeout(std::time::Duration::from_millis(100)));
+    assert_eq!(
+        f.kind,
+        FailureKind::Timeout(std::time::Duration::from_millis(100))
+    );
     let shown = f.to_string();
-    assert!(shown.contains("exceeded its 100 ms deadline in decide()"), "{shown}");
-    assert!(shown.contains("timeout-ms"), "says how to raise it: {shown}");
+    assert!(
+        shown.contains("exceeded its 100 ms deadline in decide()"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("timeout-ms"),
+        "says how to raise it: {shown}"
+    );
 }
 
 #[test]
@@ -76,8 +85,17 @@ fn a_loop_in_configure_fails_loading_with_a_timeout() {
 #[test]
 fn a_memory_hog_hits_the_memory_cap() {
     let f = failure("memory-hog");
-    assert_eq!(f.kind, FailureKind::OutOfMemory { limit_bytes: 64 << 20 });
-    assert!(f.to_string().contains("exceeded its 64 MiB memory limit in decide()"), "{f}");
+    assert_eq!(
+        f.kind,
+        FailureKind::OutOfMemory {
+            limit_bytes: 64 << 20
+        }
+    );
+    assert!(
+        f.to_string()
+            .contains("exceeded its 64 MiB memory limit in decide()"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -86,14 +104,26 @@ fn the_memory_cap_is_configurable() {
     let wasm = plugin_wasm("hostile");
     let toml = format!(
         "[sandbox]\nmemory-mib = 8\n{}",
-        entry("rogue", &wasm, "[plugin.settings]\nmode = \"huge-string\"\nbytes = 16777216")
+        entry(
+            "rogue",
+            &wasm,
+            "[plugin.settings]\nmode = \"huge-string\"\nbytes = 16777216"
+        )
     );
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
     let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
-    let Outcome::Failed(f) = policy.resolve(&image(), &Context::new(Purpose::Pull)).outcome else {
+    let Outcome::Failed(f) = policy
+        .resolve(&image(), &Context::new(Purpose::Pull))
+        .outcome
+    else {
         panic!("a 16 MiB string fits in 8 MiB?");
     };
-    assert_eq!(f.kind, FailureKind::OutOfMemory { limit_bytes: 8 << 20 });
+    assert_eq!(
+        f.kind,
+        FailureKind::OutOfMemory {
+            limit_bytes: 8 << 20
+        }
+    );
 }
 
 #[test]
@@ -102,7 +132,10 @@ fn a_panic_is_reported_with_its_message() {
     let FailureKind::Panic(message) = &f.kind else {
         panic!("{f}");
     };
-    assert!(message.starts_with("hostile plugin panicked on purpose (at "), "{message}");
+    assert!(
+        message.starts_with("hostile plugin panicked on purpose (at "),
+        "{message}"
+    );
     assert!(message.contains("src/lib.rs:"), "{message}");
 }
 
@@ -117,10 +150,17 @@ fn a_100_mb_string_is_contained() {
 fn an_oversized_note_is_refused() {
     let scratch = Scratch::new();
     let wasm = plugin_wasm("hostile");
-    let toml = entry("rogue", &wasm, "[plugin.settings]\nmode = \"huge-string\"\nbytes = 1048576");
+    let toml = entry(
+        "rogue",
+        &wasm,
+        "[plugin.settings]\nmode = \"huge-string\"\nbytes = 1048576",
+    );
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
     let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
-    let Outcome::Failed(f) = policy.resolve(&image(), &Context::new(Purpose::Pull)).outcome else {
+    let Outcome::Failed(f) = policy
+        .resolve(&image(), &Context::new(Purpose::Pull))
+        .outcome
+    else {
         panic!("a 1 MiB note was accepted");
     };
     assert_eq!(
@@ -135,7 +175,10 @@ fn a_flag_as_registry_never_gets_through() {
     let FailureKind::InvalidOutput(why) = &f.kind else {
         panic!("{f}");
     };
-    assert!(why.contains("registry \"--bind=/:/x\" is not host[:port]"), "{why}");
+    assert!(
+        why.contains("registry \"--bind=/:/x\" is not host[:port]"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -144,7 +187,10 @@ fn a_tag_with_spaces_never_gets_through() {
     let FailureKind::InvalidOutput(why) = &f.kind else {
         panic!("{f}");
     };
-    assert!(why.contains("tag \"1.0 --bind /:/x\" is not valid"), "{why}");
+    assert!(
+        why.contains("tag \"1.0 --bind /:/x\" is not valid"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -170,24 +216,46 @@ fn a_plugin_built_against_another_world_is_refused_at_load() {
     let path = scratch.write("c.toml", &entry("other", &wasm, ""));
     let config = Config::load(&ConfigSources::only(path)).unwrap();
     let err = Policy::load(&config, &PolicyOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::PluginLoad(PluginLoadError::WrongContract { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PluginLoad(PluginLoadError::WrongContract { .. })
+        ),
+        "{err}"
+    );
     let shown = err.to_string();
-    assert!(shown.contains("does not export sifr:policy/policy@0.1.0"), "{shown}");
-    assert!(shown.contains("acme:filter/filter@2.0.0"), "names what it found: {shown}");
+    assert!(
+        shown.contains("does not export sifr:policy/policy@0.1.0"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("acme:filter/filter@2.0.0"),
+        "names what it found: {shown}"
+    );
 }
 
 #[test]
 fn files_that_are_not_components_are_refused_at_load() {
     let scratch = Scratch::new();
     for (name, bytes, expect) in [
-        ("core.wasm", &b"\0asm\x01\0\0\0"[..], "core WebAssembly module, not a component"),
-        ("junk.wasm", &b"#!/bin/sh\nrm -rf /\n"[..], "not a valid WebAssembly component"),
+        (
+            "core.wasm",
+            &b"\0asm\x01\0\0\0"[..],
+            "core WebAssembly module, not a component",
+        ),
+        (
+            "junk.wasm",
+            &b"#!/bin/sh\nrm -rf /\n"[..],
+            "not a valid WebAssembly component",
+        ),
     ] {
         let wasm = scratch.path().join(name);
         std::fs::write(&wasm, bytes).unwrap();
         let path = scratch.write("c.toml", &entry("x", &wasm, ""));
         let config = Config::load(&ConfigSources::only(path)).unwrap();
-        let err = Policy::load(&config, &PolicyOptions::default()).unwrap_err().to_string();
+        let err = Policy::load(&config, &PolicyOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expect), "{name}: {err}");
     }
 }
@@ -198,7 +266,11 @@ fn fail_open_skips_the_plugin_with_a_warning_and_keeps_the_plan() {
     let wasm = plugin_wasm("hostile");
     let toml = format!(
         "{}[[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n",
-        entry("rogue", &wasm, "on-error = \"fail-open\"\n[plugin.settings]\nmode = \"loop\"")
+        entry(
+            "rogue",
+            &wasm,
+            "on-error = \"fail-open\"\n[plugin.settings]\nmode = \"loop\""
+        )
     );
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
     let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
@@ -215,8 +287,13 @@ fn fail_open_skips_the_plugin_with_a_warning_and_keeps_the_plan() {
 #[test]
 fn settings_can_be_rejected_with_the_plugins_message() {
     let scratch = Scratch::new();
-    let err = hostile(&scratch, "configure-reject", "").unwrap_err().to_string();
-    assert!(err.contains("refused its settings: this plugin rejects every setting"), "{err}");
+    let err = hostile(&scratch, "configure-reject", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused its settings: this plugin rejects every setting"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -227,10 +304,19 @@ fn stdout_stderr_and_logs_are_captured_and_capped() {
     let logs = &resolution.steps[0].logs;
     let messages: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
     assert_eq!(messages[0], "log line 0");
-    assert!(messages.contains(&"[stdout] hello on stdout"), "{messages:?}");
-    assert!(messages.contains(&"[stderr] hello on stderr"), "{messages:?}");
+    assert!(
+        messages.contains(&"[stdout] hello on stdout"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"[stderr] hello on stderr"),
+        "{messages:?}"
+    );
     let dropped = logs.last().unwrap();
     assert_eq!(dropped.level, LogLevel::Warn);
-    assert_eq!(dropped.message, "9744 more log lines were dropped (at most 256 a call)");
+    assert_eq!(
+        dropped.message,
+        "9744 more log lines were dropped (at most 256 a call)"
+    );
     assert!(matches!(resolution.outcome, Outcome::Plan(_)));
 }

@@ -6,8 +6,8 @@ mod common;
 use common::{Scratch, entry, plugin_wasm, sha256_hex};
 use sifr::policy::{ArtifactOrigin, CompileCache};
 use sifr::{
-    Config, ConfigSources, Context, Error, ImageRef, Outcome, Policy, PolicyOptions,
-    PluginLoadError, Purpose,
+    Config, ConfigSources, Context, Error, ImageRef, Outcome, PluginLoadError, Policy,
+    PolicyOptions, Purpose,
 };
 
 fn load(scratch: &Scratch, toml: &str) -> Result<Policy, Error> {
@@ -33,7 +33,10 @@ const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef012
 fn default_chain_gives_the_seed_uri_form() {
     let config = Config::load(&ConfigSources::default()).unwrap();
     let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
-    assert_eq!(uris(&policy, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+    assert_eq!(
+        uris(&policy, "ncbi/blast:2.14.0"),
+        ["docker://ncbi/blast:2.14.0"]
+    );
     assert_eq!(
         uris(&policy, &format!("ubuntu:22.04@{DIGEST}")),
         [format!("docker://ubuntu@{DIGEST}")]
@@ -108,8 +111,14 @@ fn a_plugin_can_refuse_its_settings_and_loading_shows_why() {
     );
     let toml = "[[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\nmirrorz = 1\n";
     let err = load(&scratch, toml).unwrap_err().to_string();
-    assert!(err.contains("refused its settings") && err.contains("mirrorz"), "{err}");
-    assert!(err.contains("fix [plugin.settings]"), "says what to do: {err}");
+    assert!(
+        err.contains("refused its settings") && err.contains("mirrorz"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fix [plugin.settings]"),
+        "says what to do: {err}"
+    );
 }
 
 #[test]
@@ -118,31 +127,46 @@ fn a_pin_mismatch_refuses_the_plugin_and_shows_both_hashes() {
     let wasm = plugin_wasm("mirror");
     let actual = sha256_hex(&wasm);
     let wrong = "ab".repeat(32);
-    let err = load(&scratch, &entry("pinned", &wasm, &format!("sha256 = \"{wrong}\"")))
-        .unwrap_err()
-        .to_string();
+    let err = load(
+        &scratch,
+        &entry("pinned", &wasm, &format!("sha256 = \"{wrong}\"")),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(&wrong) && err.contains(&actual), "{err}");
     assert!(err.contains("update `sha256`"), "{err}");
 
     // The right pin loads (the mirror plugin then refuses its empty settings,
     // which proves it got past the pin check).
-    let err = load(&scratch, &entry("pinned", &wasm, &format!("sha256 = \"{actual}\"")))
-        .unwrap_err()
-        .to_string();
+    let err = load(
+        &scratch,
+        &entry("pinned", &wasm, &format!("sha256 = \"{actual}\"")),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("refused its settings"), "{err}");
 }
 
 #[test]
 fn unknown_builtins_and_missing_files_say_what_exists() {
     let scratch = Scratch::new();
-    let err = load(&scratch, "[[plugin]]\nname = \"x\"\nbuiltin = \"mirrors\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("unknown builtin \"mirrors\"") && err.contains("default, mirror"), "{err}");
+    let err = load(
+        &scratch,
+        "[[plugin]]\nname = \"x\"\nbuiltin = \"mirrors\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("unknown builtin \"mirrors\"") && err.contains("default, mirror"),
+        "{err}"
+    );
     let err = load(&scratch, "[[plugin]]\nname = \"x\"\npath = \"nope.wasm\"\n")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("nope.wasm") && err.contains("check the `path`"), "{err}");
+    assert!(
+        err.contains("nope.wasm") && err.contains("check the `path`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -157,7 +181,10 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     assert_eq!(first.plugins()[0].artifact, ArtifactOrigin::Compiled);
     let second = Policy::load(&config, &options).unwrap();
     assert_eq!(second.plugins()[0].artifact, ArtifactOrigin::CacheHit);
-    assert_eq!(uris(&second, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+    assert_eq!(
+        uris(&second, "ncbi/blast:2.14.0"),
+        ["docker://ncbi/blast:2.14.0"]
+    );
 
     // A damaged artifact is thrown away and compiled afresh, not trusted.
     let artifact = std::fs::read_dir(cache.dir())
@@ -168,7 +195,10 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     std::fs::write(&artifact, b"not native code").unwrap();
     let third = Policy::load(&config, &options).unwrap();
     assert_eq!(third.plugins()[0].artifact, ArtifactOrigin::Compiled);
-    assert_eq!(uris(&third, "ncbi/blast:2.14.0"), ["docker://ncbi/blast:2.14.0"]);
+    assert_eq!(
+        uris(&third, "ncbi/blast:2.14.0"),
+        ["docker://ncbi/blast:2.14.0"]
+    );
 
     // An artifact someone else could have written is never loaded.
     use std::os::unix::fs::PermissionsExt;
@@ -188,8 +218,10 @@ fn a_denial_names_the_plugin_and_its_reason() {
     .unwrap();
     let image = ImageRef::parse("ubuntu:latest").unwrap();
     let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
-    assert!(matches!(&resolution.outcome, Outcome::Denied { plugin, reason }
-        if plugin == "gatekeeper" && reason == "hostile plugin says no"));
+    assert!(
+        matches!(&resolution.outcome, Outcome::Denied { plugin, reason }
+        if plugin == "gatekeeper" && reason == "hostile plugin says no")
+    );
     let err = resolution.into_plan().unwrap_err();
     assert!(matches!(err, Error::Denied { .. }));
     assert_eq!(
