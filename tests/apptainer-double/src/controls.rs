@@ -1,0 +1,138 @@
+//! The environment variables a test sets to steer the double.
+//!
+//! Every invocation reads and checks all of them, so a typo in a test's
+//! setting fails loudly instead of being silently ignored. An empty value
+//! means the same as an unset one.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::failure::{Failure, go_error_text};
+
+pub const VERSION_VAR: &str = "APPTAINER_DOUBLE_VERSION";
+pub const LOG_VAR: &str = "APPTAINER_DOUBLE_LOG";
+pub const FAIL_VAR: &str = "APPTAINER_DOUBLE_FAIL";
+pub const SLEEP_VAR: &str = "APPTAINER_DOUBLE_SLEEP_MS";
+pub const DIE_VAR: &str = "APPTAINER_DOUBLE_DIE";
+pub const STDERR_LINES_VAR: &str = "APPTAINER_DOUBLE_STDERR_LINES";
+pub const SIZE_VAR: &str = "APPTAINER_DOUBLE_SIZE";
+pub const REQUIRE_ENV_VAR: &str = "APPTAINER_DOUBLE_REQUIRE_ENV";
+
+const DEFAULT_VERSION: &str = "1.4.1";
+const DEFAULT_SIZE: u64 = 64 * 1024;
+
+/// How a test wants this invocation to behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controls {
+    /// What `version` reports.
+    pub version: String,
+    /// A pull whose URI contains any of these fails as if the registry were
+    /// unreachable.
+    pub fail_patterns: Vec<String>,
+    /// How long a pull takes in all, spread over its writes.
+    pub pull_time: Duration,
+    /// Whether a pull kills itself with SIGKILL halfway through the file.
+    pub die_mid_pull: bool,
+    /// Extra progress lines a pull prints to stderr.
+    pub progress_lines: u64,
+    /// Size of the file a pull writes (at least the fake SIF header).
+    pub image_size: u64,
+    /// Environment a pull must see, as a registry needing credentials would:
+    /// `(name, Some(value))` for `NAME=VALUE`, `(name, None)` for a bare
+    /// `NAME` that only has to be set.
+    pub required_env: Vec<(String, Option<String>)>,
+}
+
+impl Controls {
+    pub fn from_env() -> Result<Self, Failure> {
+        Ok(Self {
+            version: var(VERSION_VAR).unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
+            fail_patterns: var(FAIL_VAR)
+                .map(|patterns| {
+                    patterns
+                        .split(',')
+                        .filter(|pattern| !pattern.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            pull_time: Duration::from_millis(number(SLEEP_VAR, 0)?),
+            die_mid_pull: flag(DIE_VAR)?,
+            progress_lines: number(STDERR_LINES_VAR, 0)?,
+            image_size: number(SIZE_VAR, DEFAULT_SIZE)?,
+            required_env: var(REQUIRE_ENV_VAR)
+                .map(|entries| {
+                    entries
+                        .split(',')
+                        .filter(|entry| !entry.is_empty())
+                        .map(|entry| match entry.split_once('=') {
+                            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+                            None => (entry.to_owned(), None),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Append `args` (the argv after the program name) to the log named by
+/// `APPTAINER_DOUBLE_LOG`, as one JSON array per line. One `write_all` on an
+/// `O_APPEND` file is one `write(2)`, so lines from concurrent invocations do
+/// not interleave. This runs before anything else is checked, so even a
+/// rejected argv is logged.
+pub fn log_invocation(args: &[OsString]) -> Result<(), Failure> {
+    let Some(path) = env::var_os(LOG_VAR).filter(|path| !path.is_empty()) else {
+        return Ok(());
+    };
+    let path = PathBuf::from(path);
+    let argv: Vec<String> = args
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let mut line = serde_json::to_string(&argv)
+        .map_err(|err| Failure::fatal(format!("apptainer test double: {err}")))?;
+    line.push('\n');
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|err| {
+            Failure::fatal(format!(
+                "apptainer test double: cannot append to {LOG_VAR}={}: {}",
+                path.display(),
+                go_error_text(&err)
+            ))
+        })
+}
+
+/// A set, non-empty, UTF-8 variable.
+fn var(name: &str) -> Option<String> {
+    env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+fn number(name: &str, default: u64) -> Result<u64, Failure> {
+    match var(name) {
+        None => Ok(default),
+        Some(value) => value.parse().map_err(|_| {
+            Failure::fatal(format!(
+                "apptainer test double: {name}={value:?} is not a whole number"
+            ))
+        }),
+    }
+}
+
+fn flag(name: &str) -> Result<bool, Failure> {
+    match var(name).as_deref() {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(value) => Err(Failure::fatal(format!(
+            "apptainer test double: {name}={value:?} is not 1 or 0"
+        ))),
+    }
+}
