@@ -151,6 +151,12 @@ impl PluginSpec {
 pub struct Config {
     pub sandbox: SandboxLimits,
     pub plugins: Vec<PluginSpec>,
+    /// `[apptainer] path`: the apptainer (or singularity) binary.
+    pub apptainer: Option<PathBuf>,
+    /// `[apptainer] pull-timeout`: the limit on one pull attempt.
+    pub pull_timeout: Option<Duration>,
+    /// `[cache] dir`: the SIF cache (`$SIFR_CACHE_DIR` overrides it).
+    pub cache_dir: Option<PathBuf>,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -160,6 +166,9 @@ impl Default for Config {
         Self {
             sandbox: SandboxLimits::default(),
             plugins: vec![PluginSpec::default_builtin()],
+            apptainer: None,
+            pull_timeout: None,
+            cache_dir: None,
             files: Vec::new(),
         }
     }
@@ -172,6 +181,23 @@ struct FileToml {
     sandbox: Option<SandboxToml>,
     #[serde(default)]
     plugin: Option<Vec<toml::Spanned<PluginToml>>>,
+    #[serde(default)]
+    apptainer: Option<ApptainerToml>,
+    #[serde(default)]
+    cache: Option<CacheToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ApptainerToml {
+    path: Option<PathBuf>,
+    pull_timeout: Option<toml::Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CacheToml {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -262,8 +288,28 @@ impl Config {
                     config.sandbox.memory_bytes = (mib as usize) << 20;
                 }
             }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if let Some(apptainer) = file.apptainer {
+                if let Some(p) = apptainer.path {
+                    config.apptainer = Some(dir.join(p));
+                }
+                if let Some(timeout) = apptainer.pull_timeout {
+                    let span = timeout.span();
+                    let text = timeout.into_inner();
+                    let parsed = humantime::parse_duration(&text).map_err(|e| {
+                        err(span, format!(
+                            "pull-timeout = {text:?} is not a duration ({e}); write e.g. \"20m\" or \"1h 30m\""
+                        ))
+                    })?;
+                    config.pull_timeout = Some(parsed);
+                }
+            }
+            if let Some(cache) = file.cache
+                && let Some(d) = cache.dir
+            {
+                config.cache_dir = Some(dir.join(d));
+            }
             if let Some(entries) = file.plugin {
-                let dir = path.parent().unwrap_or(Path::new("."));
                 let mut specs = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let span = entry.span();

@@ -35,6 +35,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// apptainer is missing or cannot be run.
+    #[error(transparent)]
+    Apptainer(#[from] crate::apptainer::DiscoverError),
+
+    /// Every source of the plan failed.
+    #[error(
+        "could not pull {image}: every source failed:{}\nCheck the network and the registry, or `sifr resolve --explain {image}` for the plan",
+        attempts.iter().enumerate().map(|(i, a)| format!("\n  {}. {}: {}", i + 1, a.uri, a.failure)).collect::<String>()
+    )]
+    PullFailed {
+        image: String,
+        attempts: Vec<crate::runtime::Attempt>,
+    },
+
     /// An I/O error outside the plugins (compile cache and the like).
     #[error("{what}: {source}")]
     Io {

@@ -15,10 +15,13 @@
 //! # Ok::<(), sifr::Error>(())
 //! ```
 
+pub mod apptainer;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod policy;
 pub mod reference;
+pub mod runtime;
 
 use std::path::PathBuf;
 
@@ -29,12 +32,22 @@ pub use policy::{
     StepOutcome,
 };
 pub use reference::{ImageRef, ManifestDigest, SifDigest};
+pub use runtime::{Progress, Pulled, Runtime, RuntimeOptions};
 
 /// sifr's cache directory: `$SIFR_CACHE_DIR`, else `$XDG_CACHE_HOME/sifr`
 /// (`~/.cache/sifr`).
 pub fn cache_root() -> Option<PathBuf> {
+    cache_root_for(&Config::default())
+}
+
+/// sifr's cache directory: `$SIFR_CACHE_DIR`, else `[cache] dir` in the
+/// config, else `$XDG_CACHE_HOME/sifr` (`~/.cache/sifr`).
+pub fn cache_root_for(config: &Config) -> Option<PathBuf> {
     match std::env::var_os("SIFR_CACHE_DIR") {
         Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => dirs::cache_dir().map(|d| d.join("sifr")),
+        _ => config
+            .cache_dir
+            .clone()
+            .or_else(|| dirs::cache_dir().map(|d| d.join("sifr"))),
     }
 }

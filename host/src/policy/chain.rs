@@ -34,6 +34,14 @@ impl PolicyOptions {
             compile_cache: CompileCache::standard(),
         }
     }
+
+    /// The compiled-plugin cache under the cache root `config` selects.
+    pub fn for_config(config: &Config) -> Self {
+        Self {
+            compile_cache: crate::cache_root_for(config)
+                .map(|root| CompileCache::new(root.join("plugins"))),
+        }
+    }
 }
 
 /// A loaded chain of plugins. Load once, resolve many times.

@@ -1,0 +1,493 @@
+//! The SIF cache: content-addressed blobs, an index keyed by image identity,
+//! and a lock per identity. Many jobs can share one cache safely.
+//!
+//! Layout under the cache root (every access goes through a cap-std `Dir`
+//! opened on the root, so no name built from a reference or digest can
+//! escape it; names are hex digests that sifr makes itself):
+//!
+//! ```text
+//! blobs/sha256/<hex>.sif    SIF files, named by the sha256 of their bytes
+//! index/<key>.json          identity -> blob, source, time, size, notes
+//! locks/<key>.lock          flock(2) target, one per identity
+//! tmp/<key>-<pid>-<n>.sif   pulls in progress; never counted as cached
+//! plugins/                  compiled policy plugins (see policy::CompileCache)
+//! ```
+//!
+//! **A `docker://` pull is a build.** Apptainer converts the image's layers
+//! into a new SIF file, with timestamps, so two pulls of one image give
+//! files with different bytes. The SIF sha256 is therefore a local integrity
+//! check only, never an image identity across machines. The identity is the
+//! canonical upstream reference *before* any plugin rewrote it (so a mirror
+//! change does not cause a re-pull), keyed by its manifest digest when the
+//! reference is pinned, plus the architecture.
+
+mod hash;
+mod lock;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use hash::{HashProgress, sha256_file};
+pub use lock::ImageLock;
+
+use crate::reference::{ImageRef, SifDigest};
+
+/// The identity of a cached image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// `registry/repository@digest` when pinned, else `registry/repository:tag`,
+    /// then ` (arch)`.
+    pub text: String,
+    /// sha256 of `text`: the file-name-safe key.
+    pub key: String,
+}
+
+impl Identity {
+    pub fn of(image: &ImageRef, arch: &str) -> Self {
+        let name = format!("{}/{}", image.registry, image.repository);
+        let text = match (&image.manifest_digest, &image.tag) {
+            (Some(digest), _) => format!("{name}@{digest} ({arch})"),
+            (None, Some(tag)) => format!("{name}:{tag} ({arch})"),
+            (None, None) => format!("{name}:latest ({arch})"),
+        };
+        let key = hex::encode(Sha256::digest(text.as_bytes()));
+        Self { text, key }
+    }
+}
+
+/// Cheap evidence that a blob is unchanged since it was hashed. A write of
+/// any kind changes ctime, which no user can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// One index record: what is cached for an identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    /// The identity text (see [`Identity`]).
+    pub identity: String,
+    /// The canonical reference as the user asked for it.
+    pub image: String,
+    pub arch: String,
+    /// Manifest digest, when the reference was pinned.
+    pub manifest_digest: Option<String>,
+    /// sha256 of the SIF file: a local integrity check, not an identity.
+    pub sif_digest: String,
+    pub size: u64,
+    /// The URI actually pulled (and so the mirror, if one served it).
+    pub source_uri: String,
+    pub source_note: String,
+    /// Seconds since the Unix epoch.
+    pub pulled_at: u64,
+    pub apptainer_version: String,
+    /// The notes of the plan that was tried.
+    pub plan_notes: Vec<String>,
+    pub stamp: Stamp,
+}
+
+impl Entry {
+    fn blob_hex(&self) -> &str {
+        self.sif_digest
+            .strip_prefix("sha256:")
+            .unwrap_or(&self.sif_digest)
+    }
+
+    pub fn blob_name(&self) -> String {
+        blob_name(self.blob_hex())
+    }
+}
+
+fn blob_name(hex: &str) -> String {
+    format!("blobs/sha256/{hex}.sif")
+}
+
+fn index_name(key: &str) -> String {
+    format!("index/{key}.json")
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// Cached, and the stamp (or a re-hash) says the file is intact.
+    Hit { entry: Entry, rehashed: bool },
+    /// Not cached.
+    Miss,
+    /// Was cached, but the file changed and no longer matches its digest: it
+    /// has been evicted.
+    Corrupt { entry: Entry, actual: String },
+}
+
+/// A SIF cache rooted at one directory.
+pub struct Cache {
+    root: PathBuf,
+    dir: Dir,
+}
+
+/// A problem found by [`Cache::verify`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BadEntry {
+    pub image: String,
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl Cache {
+    /// Open (creating) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
+        for sub in ["blobs/sha256", "index", "locks", "tmp"] {
+            dir.create_dir_all(sub)?;
+        }
+        Ok(Self { root, dir })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of a blob, for apptainer.
+    pub fn blob_path(&self, entry: &Entry) -> PathBuf {
+        self.root.join(entry.blob_name())
+    }
+
+    /// Take the pull lock for `identity`.
+    pub fn lock(&self, identity: &Identity, on_wait: impl FnOnce()) -> io::Result<ImageLock> {
+        let file = self
+            .dir
+            .open_with(
+                format!("locks/{}.lock", identity.key),
+                OpenOptions::new().create(true).truncate(false).write(true),
+            )?
+            .into_std();
+        ImageLock::acquire(&identity.key, file, on_wait)
+    }
+
+    fn read_entry(&self, key: &str) -> io::Result<Option<Entry>> {
+        match self.dir.read(index_name(key)) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_entry(&self, key: &str, entry: &Entry) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        let tmp = format!("tmp/{key}.json.{}", std::process::id());
+        let mut file = self.dir.create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        self.dir.rename(&tmp, &self.dir, index_name(key))
+    }
+
+    fn stamp(&self, name: &str) -> io::Result<Stamp> {
+        let file = self.dir.open(name)?.into_std();
+        Ok(Stamp::of(&file.metadata()?))
+    }
+
+    /// Look `identity` up. A hit whose stamp is unchanged costs two small
+    /// reads and an fstat; a changed stamp costs a re-hash; a mismatch evicts.
+    pub fn lookup(
+        &self,
+        identity: &Identity,
+        progress: &mut dyn HashProgress,
+    ) -> io::Result<Lookup> {
+        let Some(entry) = self.read_entry(&identity.key)? else {
+            return Ok(Lookup::Miss);
+        };
+        let name = entry.blob_name();
+        let stamp = match self.stamp(&name) {
+            Ok(stamp) => stamp,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = self.dir.remove_file(index_name(&identity.key));
+                return Ok(Lookup::Miss);
+            }
+            Err(e) => return Err(e),
+        };
+        if stamp == entry.stamp {
+            return Ok(Lookup::Hit {
+                entry,
+                rehashed: false,
+            });
+        }
+        let file = self.dir.open(&name)?.into_std();
+        let actual = sha256_file(file, stamp.size, progress)?;
+        if actual == entry.blob_hex() {
+            let entry = Entry { stamp, ..entry };
+            self.write_entry(&identity.key, &entry)?;
+            return Ok(Lookup::Hit {
+                entry,
+                rehashed: true,
+            });
+        }
+        self.evict(&identity.key, &entry)?;
+        Ok(Lookup::Corrupt {
+            entry,
+            actual: format!("sha256:{actual}"),
+        })
+    }
+
+    fn evict(&self, key: &str, entry: &Entry) -> io::Result<()> {
+        ignore_missing(self.dir.remove_file(index_name(key)))?;
+        if !self
+            .entries()?
+            .iter()
+            .any(|(_, e)| e.sif_digest == entry.sif_digest)
+        {
+            ignore_missing(self.dir.remove_file(entry.blob_name()))?;
+        }
+        Ok(())
+    }
+
+    /// A fresh path for apptainer to pull into, inside the cache (so the
+    /// final rename is atomic). Leftovers of killed pulls of the same
+    /// identity are removed first: the caller holds the lock, so they are
+    /// nobody's.
+    pub fn temp_pull_path(&self, identity: &Identity) -> io::Result<(String, PathBuf)> {
+        for entry in self.dir.read_dir("tmp")? {
+            let name = entry?.file_name();
+            if name.to_string_lossy().starts_with(&identity.key) {
+                let _ = self.dir.remove_file(Path::new("tmp").join(&name));
+            }
+        }
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tmp/{}-{}-{n}.sif", identity.key, std::process::id());
+        let path = self.root.join(&name);
+        Ok((name, path))
+    }
+
+    /// Remove a temporary pull file, if it is there.
+    pub fn discard_temp(&self, name: &str) {
+        let _ = self.dir.remove_file(name);
+    }
+
+    /// Hash the pulled file `tmp_name`, move it into `blobs/` and record it
+    /// for `identity`. `entry` is filled in with the digest, size and stamp.
+    pub fn commit(
+        &self,
+        identity: &Identity,
+        tmp_name: &str,
+        mut entry: Entry,
+        progress: &mut dyn HashProgress,
+    ) -> io::Result<Entry> {
+        let file = self.dir.open(tmp_name)?.into_std();
+        let size = file.metadata()?.len();
+        let hex = sha256_file(file, size, progress)?;
+        let name = blob_name(&hex);
+        // Read-only, so that nobody edits a cached image in place by accident.
+        use std::os::unix::fs::PermissionsExt;
+        self.dir.set_permissions(
+            tmp_name,
+            cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(0o444)),
+        )?;
+        self.dir.rename(tmp_name, &self.dir, &name)?;
+        entry.sif_digest = format!("sha256:{hex}");
+        entry.size = size;
+        entry.stamp = self.stamp(&name)?;
+        self.write_entry(&identity.key, &entry)?;
+        Ok(entry)
+    }
+
+    /// Every index entry, with its key.
+    pub fn entries(&self) -> io::Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for item in self.dir.read_dir("index")? {
+            let name = item?.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if let Some(entry) = self.read_entry(key)? {
+                out.push((key.to_string(), entry));
+            }
+        }
+        out.sort_by(|a, b| {
+            a.1.image
+                .cmp(&b.1.image)
+                .then(a.1.pulled_at.cmp(&b.1.pulled_at))
+        });
+        Ok(out)
+    }
+
+    /// Remove the entries whose image (canonical, or as typed) or SIF digest
+    /// (or a prefix of at least 8 hex digits) matches `what`. Returns them.
+    pub fn remove(&self, what: &str) -> io::Result<Vec<Entry>> {
+        let as_image = ImageRef::parse(what).ok();
+        let hex = what.strip_prefix("sha256:").unwrap_or(what);
+        let as_digest = hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut removed = Vec::new();
+        for (key, entry) in self.entries()? {
+            let by_image = as_image.as_ref().is_some_and(|image| {
+                let canonical = image.to_string();
+                entry.image == canonical
+                    || (image.tag.is_none()
+                        && image.manifest_digest.is_none()
+                        && entry.image.starts_with(&format!("{canonical}:")))
+            });
+            let by_digest = as_digest && entry.blob_hex().starts_with(&hex.to_ascii_lowercase());
+            if by_image || by_digest {
+                self.evict(&key, &entry)?;
+                removed.push(entry);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Remove entries pulled more than `older_than` ago, then the oldest
+    /// ones until the cache fits in `max_size` bytes; also orphaned blobs and
+    /// leftovers of killed pulls. With `dry_run`, only report.
+    pub fn prune(
+        &self,
+        older_than: Option<Duration>,
+        max_size: Option<u64>,
+        dry_run: bool,
+    ) -> io::Result<Vec<Entry>> {
+        let now = unix_now();
+        let mut entries = self.entries()?;
+        entries.sort_by_key(|(_, e)| e.pulled_at);
+        let mut doomed = Vec::new();
+        let mut kept = Vec::new();
+        for (key, entry) in entries {
+            let old = older_than.is_some_and(|d| now.saturating_sub(entry.pulled_at) > d.as_secs());
+            if old {
+                doomed.push((key, entry))
+            } else {
+                kept.push((key, entry))
+            }
+        }
+        if let Some(max) = max_size {
+            let mut total: u64 = kept.iter().map(|(_, e)| e.size).sum();
+            let mut i = 0;
+            while total > max && i < kept.len() {
+                total -= kept[i].1.size;
+                i += 1;
+            }
+            doomed.extend(kept.drain(..i));
+        }
+        if !dry_run {
+            for (key, entry) in &doomed {
+                self.evict(key, entry)?;
+            }
+            self.sweep()?;
+        }
+        Ok(doomed.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Remove blobs no entry refers to, and temporary files whose pull is
+    /// not running (nobody holds their identity's lock).
+    fn sweep(&self) -> io::Result<()> {
+        let referenced: std::collections::HashSet<String> = self
+            .entries()?
+            .into_iter()
+            .map(|(_, e)| e.blob_name())
+            .collect();
+        for item in self.dir.read_dir("blobs/sha256")? {
+            let name = format!("blobs/sha256/{}", item?.file_name().to_string_lossy());
+            if !referenced.contains(&name) {
+                ignore_missing(self.dir.remove_file(&name))?;
+            }
+        }
+        for item in self.dir.read_dir("tmp")? {
+            let file = item?.file_name().to_string_lossy().into_owned();
+            let key: String = file.chars().take(64).collect();
+            let identity = Identity {
+                text: String::new(),
+                key,
+            };
+            let lock = self.dir.open_with(
+                format!("locks/{}.lock", identity.key),
+                OpenOptions::new().create(true).truncate(false).write(true),
+            )?;
+            if lock.into_std().try_lock().is_ok() {
+                ignore_missing(self.dir.remove_file(format!("tmp/{file}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-hash every blob. Returns the entries that are missing or corrupt.
+    pub fn verify(&self, progress: &mut dyn HashProgress) -> io::Result<Vec<BadEntry>> {
+        let mut bad = Vec::new();
+        for (key, entry) in self.entries()? {
+            let name = entry.blob_name();
+            let path = self.root.join(&name);
+            let problem = match self.dir.open(&name) {
+                Ok(file) => {
+                    let file = file.into_std();
+                    let size = file.metadata()?.len();
+                    let actual = sha256_file(file, size, progress)?;
+                    if actual == entry.blob_hex() {
+                        if self.stamp(&name)? != entry.stamp {
+                            self.write_entry(
+                                &key,
+                                &Entry {
+                                    stamp: self.stamp(&name)?,
+                                    ..entry.clone()
+                                },
+                            )?;
+                        }
+                        continue;
+                    }
+                    format!(
+                        "content changed: expected {}, found sha256:{actual}",
+                        entry.sif_digest
+                    )
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    "the SIF file is missing".to_string()
+                }
+                Err(e) => return Err(e),
+            };
+            bad.push(BadEntry {
+                image: entry.image.clone(),
+                path,
+                problem,
+            });
+        }
+        Ok(bad)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The SIF digest of an entry, typed.
+impl Entry {
+    pub fn sif_digest(&self) -> Option<SifDigest> {
+        SifDigest::from_hex(self.blob_hex()).ok()
+    }
+}
