@@ -1,6 +1,9 @@
 //! Command-line parsing, output and exit codes.
 
+mod cache;
 mod plugin;
+mod progress;
+mod pull;
 mod resolve;
 
 use std::path::PathBuf;
@@ -22,6 +25,12 @@ pub mod exit {
     pub const INVALID_REFERENCE: u8 = 5;
     /// A plugin failed while deciding (fail-closed).
     pub const PLUGIN_FAILED: u8 = 6;
+    /// apptainer (or singularity) is missing or cannot be run.
+    pub const NO_APPTAINER: u8 = 7;
+    /// Every source of a pull failed.
+    pub const PULL_FAILED: u8 = 8;
+    /// `sifr cache verify` found missing or corrupt entries.
+    pub const CACHE_CORRUPT: u8 = 9;
 }
 
 const AFTER_HELP: &str = "\
@@ -29,7 +38,9 @@ Config files, read in order (later ones override; see README.md):
   /etc/sifr/config.toml, $XDG_CONFIG_HOME/sifr/config.toml, $SIFR_CONFIG, --config FILE
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 config or plugin load error,
-4 denied by policy, 5 invalid image reference, 6 plugin failed while deciding.";
+4 denied by policy, 5 invalid image reference, 6 plugin failed while deciding,
+7 apptainer not found, 8 every pull source failed, 9 cache corrupt (verify).
+`sifr run` and `sifr exec` exit with the container's own code once it runs.";
 
 /// Pull and run OCI images with Apptainer, under site policy written as
 /// sandboxed WebAssembly plugins.
@@ -66,6 +77,40 @@ enum Command {
     ///   sifr resolve --json ubuntu:22.04 | jq '.[0].sources[0].uri'
     #[command(verbatim_doc_comment)]
     Resolve(resolve::Args),
+
+    /// Pull images into the cache through the policy, and print their SIF paths.
+    ///
+    /// Each source of the policy's plan is tried in order (mirrors first);
+    /// a failed source falls back to the next. Many processes may pull the
+    /// same image at once: one pulls, the others wait and reuse it.
+    ///
+    /// Examples:
+    ///   sifr pull ncbi/blast:2.14.0
+    ///   sifr pull --json quay.io/biocontainers/samtools:1.19--h50ea8bc_0
+    #[command(verbatim_doc_comment)]
+    Pull(pull::PullArgs),
+
+    /// Run an image's runscript with hermetic defaults (--cleanenv --no-home).
+    ///
+    /// The image is pulled first if it is not cached. sifr exits with the
+    /// container's exit code.
+    ///
+    /// Examples:
+    ///   sifr run ncbi/blast:2.14.0 -- blastn -version
+    ///   sifr run --bind /data:/data:ro --env OMP_NUM_THREADS=4 IMAGE -- ARGS
+    #[command(verbatim_doc_comment)]
+    Run(pull::RunArgs),
+
+    /// Run a command in an image with hermetic defaults (--cleanenv --no-home).
+    ///
+    /// Example:
+    ///   sifr exec --pwd /data --bind "$PWD:/data" ubuntu:22.04 -- ls -l
+    #[command(verbatim_doc_comment)]
+    Exec(pull::RunArgs),
+
+    /// List, remove, prune and verify cached images.
+    #[command(subcommand)]
+    Cache(cache::Command),
 
     /// Inspect and test policy plugins.
     #[command(subcommand)]
@@ -132,6 +177,10 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(&globals, args),
+        Command::Pull(args) => pull::pull(&globals, args),
+        Command::Run(args) => pull::run(&globals, args, sifr::apptainer::RunMode::Run),
+        Command::Exec(args) => pull::run(&globals, args, sifr::apptainer::RunMode::Exec),
+        Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
     };
     match result {
@@ -170,6 +219,8 @@ pub fn sifr_exit_code(error: &sifr::Error) -> u8 {
         sifr::Error::Config(_) | sifr::Error::PluginLoad(_) => exit::CONFIG,
         sifr::Error::Denied { .. } => exit::DENIED,
         sifr::Error::PluginFailed(_) => exit::PLUGIN_FAILED,
+        sifr::Error::Apptainer(_) => exit::NO_APPTAINER,
+        sifr::Error::PullFailed { .. } => exit::PULL_FAILED,
         sifr::Error::Io { .. } => exit::FAILURE,
     }
 }

@@ -90,8 +90,8 @@ fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
 
 fn ls(globals: &Globals, json: bool) -> Result<u8> {
     let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
-    let policy =
-        Policy::load(&config, &PolicyOptions::standard()).context("loading the policy chain")?;
+    let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
+        .context("loading the policy chain")?;
     if json {
         let plugins: Vec<_> = policy.plugins().iter().map(describe).collect();
         println!(

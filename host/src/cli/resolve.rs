@@ -37,8 +37,8 @@ pub struct Args {
 
 pub fn run(globals: &Globals, args: Args) -> Result<u8> {
     let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
-    let policy =
-        Policy::load(&config, &PolicyOptions::standard()).context("loading the policy chain")?;
+    let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
+        .context("loading the policy chain")?;
     let mut ctx = Context::new(args.purpose);
     if let Some(arch) = args.arch {
         ctx.arch = arch;

@@ -1,0 +1,165 @@
+//! `sifr cache ls|rm|prune|verify`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytesize::ByteSize;
+use serde_json::json;
+use sifr::cache::{Cache, Entry, unix_now};
+use sifr::{Config, ConfigSources};
+
+use super::{Globals, exit};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List cached images.
+    Ls {
+        /// Print JSON (the full index records).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached images by reference (`ubuntu:22.04`; `ubuntu` for all
+    /// its tags) or by SIF digest (`sha256:<hex>`, or 8+ leading hex digits).
+    Rm {
+        #[arg(required = true, value_name = "IMAGE|DIGEST")]
+        what: Vec<String>,
+    },
+    /// Remove old images, or the oldest until the cache fits a size; also
+    /// orphaned files and leftovers of killed pulls.
+    ///
+    /// Examples:
+    ///   sifr cache prune --older-than 30d
+    ///   sifr cache prune --max-size 50GiB --dry-run
+    #[command(verbatim_doc_comment)]
+    Prune {
+        /// Remove images pulled longer ago than this (`30d`, `12h`).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Then remove the oldest images until the cache is at most this big (`50GiB`).
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<ByteSize>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every cached SIF file; exit 9 and name each bad entry if any
+    /// is missing or changed.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open(globals: &Globals) -> Result<Cache> {
+    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let root = sifr::cache_root_for(&config)
+        .context("no cache directory: set SIFR_CACHE_DIR or `[cache] dir` in the config")?;
+    Cache::open(&root).with_context(|| format!("opening the cache at {}", root.display()))
+}
+
+fn age(entry: &Entry) -> String {
+    let secs = unix_now().saturating_sub(entry.pulled_at);
+    let rounded = Duration::from_secs(if secs > 3600 { secs / 60 * 60 } else { secs });
+    format!("{} ago", humantime::format_duration(rounded))
+}
+
+fn line(entry: &Entry) -> String {
+    format!(
+        "{}  {}  {:>10}  {}  from {}",
+        entry.image,
+        &entry.sif_digest[..entry.sif_digest.len().min(19)],
+        ByteSize(entry.size).to_string(),
+        age(entry),
+        entry.source_uri
+    )
+}
+
+pub fn run(globals: &Globals, command: Command) -> Result<u8> {
+    let cache = open(globals)?;
+    match command {
+        Command::Ls { json } => {
+            let entries: Vec<Entry> = cache.entries()?.into_iter().map(|(_, e)| e).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for entry in &entries {
+                    println!("{}", line(entry));
+                }
+                if entries.is_empty() && !globals.quiet {
+                    eprintln!("sifr: the cache at {} is empty", cache.root().display());
+                }
+            }
+            Ok(0)
+        }
+        Command::Rm { what } => {
+            let mut code = 0;
+            for item in &what {
+                let removed = cache.remove(item)?;
+                if removed.is_empty() {
+                    eprintln!("sifr: error: nothing cached matches {item:?}; see `sifr cache ls`");
+                    code = exit::FAILURE;
+                }
+                for entry in removed {
+                    println!("removed {}", line(&entry));
+                }
+            }
+            Ok(code)
+        }
+        Command::Prune {
+            older_than,
+            max_size,
+            dry_run,
+            json,
+        } => {
+            if older_than.is_none() && max_size.is_none() && !globals.quiet {
+                eprintln!(
+                    "sifr: no --older-than or --max-size: only orphans and leftovers are removed"
+                );
+            }
+            let doomed = cache.prune(older_than, max_size.map(|s| s.as_u64()), dry_run)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"dry-run": dry_run, "removed": doomed}))?
+                );
+            } else {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                for entry in &doomed {
+                    println!("{verb} {}", line(entry));
+                }
+                let freed: u64 = doomed.iter().map(|e| e.size).sum();
+                if !globals.quiet {
+                    eprintln!("sifr: {verb} {} images, {}", doomed.len(), ByteSize(freed));
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { json } => {
+            let bad = cache.verify(&mut ())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"bad": bad}))?);
+            }
+            for entry in &bad {
+                eprintln!(
+                    "sifr: error: {} ({}): {}; remove it with `sifr cache rm {}` and pull again",
+                    entry.image,
+                    entry.path.display(),
+                    entry.problem,
+                    entry.image
+                );
+            }
+            if bad.is_empty() {
+                if !globals.quiet && !json {
+                    eprintln!("sifr: every cached image matches its digest");
+                }
+                Ok(0)
+            } else {
+                Ok(exit::CACHE_CORRUPT)
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `sifr pull`, `sifr run` and `sifr exec`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+use sifr::apptainer::{RunMode, RunOptions};
+use sifr::{Config, ConfigSources, ImageRef, Purpose, Runtime, RuntimeOptions};
+
+use super::progress::Display;
+use super::{Globals, exit};
+
+/// Options shared by the commands that may pull.
+#[derive(clap::Args)]
+pub struct PullOptions {
+    /// The apptainer (or singularity) binary [default: $SIFR_APPTAINER, the
+    /// config's `[apptainer] path`, then `apptainer` or `singularity` on PATH].
+    #[arg(long, value_name = "PATH")]
+    apptainer: Option<PathBuf>,
+
+    /// Limit on each pull attempt, e.g. `20m`, `1h 30m` [default: the
+    /// config's `[apptainer] pull-timeout`, else 20m].
+    #[arg(long, value_name = "DURATION", env = "SIFR_PULL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pull_timeout: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// Image references, e.g. `ncbi/blast:2.14.0`.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+
+    /// Print what was pulled as JSON.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    options: PullOptions,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The image to run.
+    #[arg(value_name = "IMAGE")]
+    image: String,
+
+    /// Bind a host path into the container: `SRC[:DST[:ro]]` (repeatable).
+    #[arg(long, short = 'B', value_name = "SRC[:DST[:ro]]")]
+    bind: Vec<String>,
+
+    /// Set a variable in the container: `K=V` (repeatable). The host's
+    /// environment is not passed in (--cleanenv).
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    env: Vec<String>,
+
+    /// The working directory inside the container.
+    #[arg(long, value_name = "DIR")]
+    pwd: Option<String>,
+
+    /// Enable NVIDIA GPU support.
+    #[arg(long)]
+    nv: bool,
+
+    /// Pass an argument to apptainer as it is (repeatable), e.g.
+    /// `--apptainer-arg=--contain`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    apptainer_arg: Vec<String>,
+
+    #[command(flatten)]
+    options: PullOptions,
+
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+fn runtime(globals: &Globals, options: &PullOptions) -> Result<Runtime> {
+    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    Ok(Runtime::new(
+        config,
+        RuntimeOptions {
+            apptainer: options.apptainer.clone(),
+            cache_dir: None,
+            pull_timeout: options.pull_timeout,
+        },
+    )?)
+}
+
+pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
+    let runtime = runtime(globals, &args.options)?;
+    let mut code = 0;
+    let mut out = Vec::new();
+    for input in &args.images {
+        let image = match ImageRef::parse(input) {
+            Ok(image) => image,
+            Err(e) => {
+                eprintln!("sifr: error: {e}");
+                code = if code == 0 {
+                    exit::INVALID_REFERENCE
+                } else {
+                    code
+                };
+                out.push(json!({"input": input, "error": e.to_string()}));
+                continue;
+            }
+        };
+        let mut display = Display::new(globals);
+        let result = runtime.pull(&image, Purpose::Pull, &mut |p| display.update(p));
+        display.finish();
+        match result {
+            Ok(pulled) => {
+                if args.json {
+                    out.push(json!({"input": input, "pulled": pulled}));
+                } else {
+                    println!("{}", pulled.path.display());
+                    if !globals.quiet {
+                        let how = if pulled.cached {
+                            "cached".to_string()
+                        } else {
+                            format!("pulled from {}", pulled.entry.source_uri)
+                        };
+                        eprintln!("sifr: {} {how} ({})", pulled.image, pulled.entry.sif_digest);
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("sifr: error: {e}");
+                code = if code == 0 {
+                    super::sifr_exit_code(&e)
+                } else {
+                    code
+                };
+                out.push(json!({"input": input, "error": e.to_string()}));
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(code)
+}
+
+pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
+    if mode == RunMode::Exec && args.args.is_empty() {
+        anyhow::bail!("`sifr exec` needs a command: sifr exec IMAGE -- COMMAND [ARGS...]");
+    }
+    let image = ImageRef::parse(&args.image)?;
+    let runtime = runtime(globals, &args.options)?;
+    let options = RunOptions {
+        binds: args.bind,
+        env: args.env,
+        pwd: args.pwd,
+        nv: args.nv,
+        extra_args: args.apptainer_arg,
+    };
+    let mut display = Display::new(globals);
+    let pulled = runtime.pull(&image, Purpose::Run, &mut |p| display.update(p));
+    display.finish();
+    let code = runtime.run_pulled(&pulled?, mode, &options, &args.args)?;
+    // The container's own code; codes beyond 255 cannot be passed on.
+    Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
+}
