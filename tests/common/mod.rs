@@ -68,3 +68,35 @@ pub fn entry(name: &str, wasm: &Path, extra: &str) -> String {
         wasm.display()
     )
 }
+
+/// The apptainer test double (`tests/apptainer-double`), built by `cargo test`
+/// at the workspace root.
+pub fn apptainer_double() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("apptainer-test-double");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests from the workspace root (`cargo test`), \
+         or build it with `cargo build -p sifr-apptainer-double`",
+        path.display()
+    );
+    path
+}
+
+/// Every invocation the double logged, as argv lists.
+pub fn double_log(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Only the `pull` invocations.
+pub fn pulls(path: &Path) -> Vec<Vec<String>> {
+    double_log(path)
+        .into_iter()
+        .filter(|argv| argv.first().is_some_and(|a| a == "pull"))
+        .collect()
+}
