@@ -48,7 +48,12 @@ fn fmt(d: Duration) -> String {
     }
 }
 
+/// The apptainer test double: `$SIFR_BENCH_APPTAINER`, else the one built
+/// next to this benchmark.
 fn double() -> PathBuf {
+    if let Some(path) = std::env::var_os("SIFR_BENCH_APPTAINER") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().unwrap();
     let path = exe
         .parent()
