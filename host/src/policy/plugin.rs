@@ -32,6 +32,10 @@ const BUILTINS: &[(&str, &[u8])] = &[
         "mirror",
         include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_mirror.wasm")),
     ),
+    (
+        "tags",
+        include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_tags.wasm")),
+    ),
 ];
 
 /// The names of the built-in plugins.

@@ -1,0 +1,167 @@
+//! The built-in `tags` plugin: each rule denies or prefers as documented,
+//! and every denial names the rule that fired.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::Scratch;
+use sifr::policy::CompileCache;
+use sifr::{Config, ConfigSources, Context, ImageRef, Outcome, Policy, PolicyOptions, Purpose};
+
+/// One compiled-plugin cache for the whole file, so the tags component is
+/// compiled once rather than for every case.
+fn options() -> PolicyOptions {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    PolicyOptions {
+        compile_cache: Some(CompileCache::new(dir.path().join("plugins"))),
+    }
+}
+
+const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn policy(settings: &str) -> Result<Policy, sifr::Error> {
+    let scratch = Scratch::new();
+    let path = scratch.write(
+        "c.toml",
+        &format!(
+            "[[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\n{settings}\n\
+             [[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n"
+        ),
+    );
+    Policy::load(&Config::load(&ConfigSources::only(path))?, &options())
+}
+
+/// `Ok(uris)` or `Err(denial reason)`.
+fn decide(policy: &Policy, image: &str) -> Result<Vec<String>, String> {
+    let image = ImageRef::parse(image).unwrap();
+    match policy.resolve(&image, &Context::new(Purpose::Pull)).outcome {
+        Outcome::Plan(sources) => Ok(sources.iter().map(|s| s.uri()).collect()),
+        Outcome::Denied { reason, .. } => Err(reason),
+        Outcome::Failed(f) => panic!("{f}"),
+    }
+}
+
+#[test]
+fn rules_deny_with_the_rule_named() {
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        // (settings, image, Some(rule) when denied)
+        ("deny-latest = true", "ubuntu", Some("rule deny-latest")),
+        (
+            "deny-latest = true",
+            "ubuntu:latest",
+            Some("rule deny-latest"),
+        ),
+        ("deny-latest = true", "ubuntu:22.04", None),
+        ("deny-latest = true", &*format!("ubuntu:latest@{D}"), None),
+        (
+            "deny-tags = [\"*-dev\", \"nightly*\"]",
+            "a/b:1.0-dev",
+            Some("matches \"*-dev\" (rule deny-tags)"),
+        ),
+        (
+            "deny-tags = [\"*-dev\", \"nightly*\"]",
+            "a/b:nightly-2024",
+            Some("rule deny-tags"),
+        ),
+        ("deny-tags = [\"*-dev\", \"nightly*\"]", "a/b:1.0", None),
+        (
+            "require-digest = [\"quay.io/**\"]",
+            "quay.io/biocontainers/blast:2.15.0",
+            Some("rule require-digest"),
+        ),
+        (
+            "require-digest = [\"quay.io/**\"]",
+            &*format!("quay.io/biocontainers/blast@{D}"),
+            None,
+        ),
+        (
+            "require-digest = [\"quay.io/*\"]",
+            "quay.io/biocontainers/blast:2.15.0",
+            None,
+        ),
+        (
+            "require-digest = [\"quay.io/*\"]",
+            "quay.io/blast:2.15.0",
+            Some("rule require-digest"),
+        ),
+        (
+            "allow = [\"docker.io/**\"]",
+            "quay.io/a/b:1",
+            Some("rule allow"),
+        ),
+        ("allow = [\"docker.io/**\"]", "ubuntu:22.04", None),
+        (
+            "deny = [\"docker.io/library/centos\"]",
+            "centos:7",
+            Some("(rule deny)"),
+        ),
+        (
+            "deny = [\"docker.io/library/centos\"]",
+            "rockylinux:9",
+            None,
+        ),
+        (
+            "deny = [\"*.evil.io/**\"]",
+            "x.evil.io/a/b:1",
+            Some("(rule deny)"),
+        ),
+    ];
+    for (settings, image, rule) in cases {
+        let policy = policy(settings).unwrap();
+        match (decide(&policy, image), rule) {
+            (Ok(_), None) => {}
+            (Err(reason), Some(rule)) => {
+                assert!(reason.contains(rule), "{settings} {image}: {reason}")
+            }
+            (got, want) => panic!("{settings} {image}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn prefer_sets_the_reference_when_both_are_known() {
+    let image = format!("ubuntu:22.04@{D}");
+    // The tags plugin runs before the default, which would otherwise pin
+    // every source to the digest; so prefer = "tag" is checked alone.
+    let scratch = Scratch::new();
+    let path = scratch.write(
+        "c.toml",
+        "[[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\nprefer = \"tag\"\n",
+    );
+    let tag_first = Policy::load(
+        &Config::load(&ConfigSources::only(path)).unwrap(),
+        &options(),
+    )
+    .unwrap();
+    assert_eq!(
+        decide(&tag_first, &image).unwrap(),
+        ["docker://ubuntu:22.04"]
+    );
+    let digest_first = policy("prefer = \"digest\"").unwrap();
+    assert_eq!(
+        decide(&digest_first, &image).unwrap(),
+        [format!("docker://ubuntu@{D}")]
+    );
+    // With only a tag there is nothing to prefer.
+    assert_eq!(
+        decide(&digest_first, "ubuntu:22.04").unwrap(),
+        ["docker://ubuntu:22.04"]
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_setting_named() {
+    for (settings, expect) in [
+        (
+            "deny-tags = [\"[oops\"]",
+            "`deny-tags`: \"[oops\" is not a valid glob",
+        ),
+        ("prefer = \"newest\"", "unknown variant `newest`"),
+        ("deny-latst = true", "unknown field `deny-latst`"),
+    ] {
+        let err = policy(settings).unwrap_err().to_string();
+        assert!(err.contains(expect), "{settings}: {err}");
+    }
+}
