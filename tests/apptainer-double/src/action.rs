@@ -1,5 +1,6 @@
-//! `run` and `exec`: check what apptainer would check, then run the command
-//! on the host, since a double cannot make a container.
+//! `run` and `exec` in the fake backend: check what apptainer would check,
+//! then run the command on the host, since the fake backend makes no
+//! container. The checks are shared with the real backend ([`crate::real`]).
 //!
 //! The command replaces the double's process (`execve`) instead of running
 //! as its child. That is the closest a std-only program gets to apptainer's
@@ -20,7 +21,7 @@ use crate::cli::{ActionArgs, ActionKind};
 use crate::failure::{Failure, go_error_text};
 
 /// `PATH` inside a container started with `--cleanenv`.
-const CLEAN_ENV_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const CLEAN_ENV_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What `run` without arguments does: the double's stand-in runscript.
 const RUNSCRIPT: [&str; 3] = ["sh", "-c", "echo apptainer-test-double: runscript"];
@@ -50,12 +51,20 @@ pub fn run(args: &ActionArgs) -> Failure {
     }
 }
 
-/// The checks apptainer makes before it starts a container (bind syntax,
-/// image, bind sources), then the host command with the container's
-/// environment.
-fn prepare(args: &ActionArgs) -> Result<Command, Failure> {
-    let options = &args.options;
-    let binds = parse_binds(&options.binds)
+/// What the checks apptainer makes before it starts a container found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The image's resolved path, as apptainer puts it in
+    /// `APPTAINER_CONTAINER`.
+    pub image: PathBuf,
+    /// The `--bind` specs, parsed; every source exists.
+    pub binds: Vec<Bind>,
+}
+
+/// The checks apptainer makes before it starts a container, in its order:
+/// bind syntax, image, bind sources. Both backends make them.
+pub fn check(args: &ActionArgs) -> Result<Checked, Failure> {
+    let binds = parse_binds(&args.options.binds)
         .map_err(|err| Failure::fatal(format!("while parsing bind path: {err}")))?;
     let image = open_image(&args.image)?;
     for bind in &binds {
@@ -71,6 +80,13 @@ fn prepare(args: &ActionArgs) -> Result<Command, Failure> {
             )));
         }
     }
+    Ok(Checked { image, binds })
+}
+
+/// [`check`], then the host command with the container's environment.
+fn prepare(args: &ActionArgs) -> Result<Command, Failure> {
+    let options = &args.options;
+    let Checked { image, .. } = check(args)?;
     if let Some(dir) = &options.pwd
         && !Path::new(dir).is_dir()
     {
@@ -234,7 +250,7 @@ fn parse_bind(spec: &str) -> Result<Bind, String> {
 }
 
 /// Why `execve` failed, in the words apptainer uses for a missing command.
-fn launch_failure(program: &str, err: io::Error) -> Failure {
+pub fn launch_failure(program: &str, err: io::Error) -> Failure {
     if err.kind() == io::ErrorKind::NotFound && !program.contains('/') {
         Failure::fatal(format!("{program:?}: executable file not found in $PATH"))
     } else {

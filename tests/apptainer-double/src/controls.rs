@@ -21,13 +21,34 @@ pub const DIE_VAR: &str = "APPTAINER_DOUBLE_DIE";
 pub const STDERR_LINES_VAR: &str = "APPTAINER_DOUBLE_STDERR_LINES";
 pub const SIZE_VAR: &str = "APPTAINER_DOUBLE_SIZE";
 pub const REQUIRE_ENV_VAR: &str = "APPTAINER_DOUBLE_REQUIRE_ENV";
+pub const BACKEND_VAR: &str = "APPTAINER_DOUBLE_BACKEND";
+pub const TMPDIR_VAR: &str = "APPTAINER_DOUBLE_TMPDIR";
+pub const CERT_DIR_VAR: &str = "APPTAINER_DOUBLE_CERT_DIR";
+
+/// Controls that shape how the fake backend writes its file. The real
+/// backend has no such file to shape, so it refuses them rather than
+/// silently ignore them.
+const FAKE_PULL_VARS: &[&str] = &[SLEEP_VAR, DIE_VAR, STDERR_LINES_VAR, SIZE_VAR];
 
 const DEFAULT_VERSION: &str = "1.4.1";
 const DEFAULT_SIZE: u64 = 64 * 1024;
 
+/// Which implementation does the work behind the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Fake SIFs and commands run on the host (the default).
+    #[default]
+    Fake,
+    /// Real SIFs built with skopeo, umoci, squashfs-tools and siftool, run
+    /// with bubblewrap (see [`crate::real`]).
+    Real,
+}
+
 /// How a test wants this invocation to behave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Controls {
+    /// Which backend does the work.
+    pub backend: Backend,
     /// What `version` reports.
     pub version: String,
     /// A pull whose URI contains any of these fails as if the registry were
@@ -45,11 +66,20 @@ pub struct Controls {
     /// `(name, Some(value))` for `NAME=VALUE`, `(name, None)` for a bare
     /// `NAME` that only has to be set.
     pub required_env: Vec<(String, Option<String>)>,
+    /// The fake-only pull controls that are set (see [`FAKE_PULL_VARS`]).
+    pub fake_pull_controls: Vec<&'static str>,
+    /// Where the real backend makes its scratch directories (default: the
+    /// system's temporary directory).
+    pub tmpdir: Option<PathBuf>,
+    /// Certificates for the real backend's registry connections, as
+    /// `skopeo --src-cert-dir` takes them (`*.crt`, `*.cert`, `*.key`).
+    pub cert_dir: Option<PathBuf>,
 }
 
 impl Controls {
     pub fn from_env() -> Result<Self, Failure> {
         Ok(Self {
+            backend: backend()?,
             version: var(VERSION_VAR).unwrap_or_else(|| DEFAULT_VERSION.to_owned()),
             fail_patterns: var(FAIL_VAR)
                 .map(|patterns| {
@@ -76,6 +106,13 @@ impl Controls {
                         .collect()
                 })
                 .unwrap_or_default(),
+            fake_pull_controls: FAKE_PULL_VARS
+                .iter()
+                .copied()
+                .filter(|name| var(name).is_some())
+                .collect(),
+            tmpdir: path_var(TMPDIR_VAR),
+            cert_dir: path_var(CERT_DIR_VAR),
         })
     }
 }
@@ -114,6 +151,23 @@ pub fn log_invocation(args: &[OsString]) -> Result<(), Failure> {
 /// A set, non-empty, UTF-8 variable.
 fn var(name: &str) -> Option<String> {
     env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// A set, non-empty path, in whatever bytes it has.
+fn path_var(name: &str) -> Option<PathBuf> {
+    env::var_os(name)
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+}
+
+fn backend() -> Result<Backend, Failure> {
+    match var(BACKEND_VAR).as_deref() {
+        None | Some("fake") => Ok(Backend::Fake),
+        Some("real") => Ok(Backend::Real),
+        Some(value) => Err(Failure::fatal(format!(
+            "apptainer test double: {BACKEND_VAR}={value:?} is not fake or real"
+        ))),
+    }
 }
 
 fn number(name: &str, default: u64) -> Result<u64, Failure> {

@@ -1,4 +1,6 @@
-//! `pull`: check the arguments in apptainer's order, then write a fake SIF.
+//! `pull` in the fake backend: check the arguments in apptainer's order,
+//! then write a fake SIF. The checks are shared with the real backend
+//! ([`crate::real`]).
 //!
 //! The file has a real SIF's first bytes (launch script field and magic) so
 //! the double's `run`/`exec` accept it, then text naming the URI, then bytes
@@ -30,6 +32,26 @@ const MIN_CHUNKS: u64 = 16;
 const SIF_VERSION: &[u8] = b"01\0";
 
 pub fn pull(args: &PullArgs, controls: &Controls) -> Result<(), Failure> {
+    let PullArgs { out, uri, .. } = args;
+    check_destination_and_transport(args)?;
+    info("Converting OCI blobs to SIF format");
+    info(&format!("(apptainer test double) pulling {uri}"));
+    check_access(uri, controls)?;
+    info("Starting build...");
+    write_image(out, uri, controls).map_err(|err| {
+        Failure::fatal(format!(
+            "While making image from oci registry: while building SIF: {out}: {}",
+            go_error_text(&err)
+        ))
+    })?;
+    info("Creating SIF file...");
+    Ok(())
+}
+
+/// What apptainer checks before it fetches anything, in its order: the URI,
+/// then the destination, then the transport. Both backends make these
+/// checks.
+pub fn check_destination_and_transport(args: &PullArgs) -> Result<(), Failure> {
     let PullArgs { options, out, uri } = args;
     let (transport, reference) = uri.split_once("://").unwrap_or(("", uri));
     if reference.is_empty() {
@@ -44,17 +66,18 @@ pub fn pull(args: &PullArgs, controls: &Controls) -> Result<(), Failure> {
         )));
     }
     match transport {
-        "docker" => {}
-        "" => return Err(Failure::fatal("No transport type URI supplied")),
-        other => {
-            return Err(Failure::fatal(format!(
-                "Unsupported transport type: {other}"
-            )));
-        }
+        "docker" => Ok(()),
+        "" => Err(Failure::fatal("No transport type URI supplied")),
+        other => Err(Failure::fatal(format!(
+            "Unsupported transport type: {other}"
+        ))),
     }
+}
 
-    info("Converting OCI blobs to SIF format");
-    info(&format!("(apptainer test double) pulling {uri}"));
+/// The failures a test asks for with `APPTAINER_DOUBLE_REQUIRE_ENV` and
+/// `APPTAINER_DOUBLE_FAIL`, reported as a registry would report them. Both
+/// backends honour these, before they contact any registry.
+pub fn check_access(uri: &str, controls: &Controls) -> Result<(), Failure> {
     if let Some(problem) = missing_required_env(&controls.required_env) {
         return Err(Failure::fatal(format!(
             "While making image from oci registry: error fetching image to cache: \
@@ -73,14 +96,6 @@ pub fn pull(args: &PullArgs, controls: &Controls) -> Result<(), Failure> {
              dial tcp: connect: connection refused"
         )));
     }
-    info("Starting build...");
-    write_image(out, uri, controls).map_err(|err| {
-        Failure::fatal(format!(
-            "While making image from oci registry: while building SIF: {out}: {}",
-            go_error_text(&err)
-        ))
-    })?;
-    info("Creating SIF file...");
     Ok(())
 }
 
@@ -98,7 +113,8 @@ fn missing_required_env(required: &[(String, Option<String>)]) -> Option<String>
         })
 }
 
-fn info(message: &str) {
+/// An apptainer-style `INFO:` line on stderr.
+pub fn info(message: &str) {
     eprintln!("INFO:    {message}");
 }
 

@@ -1,0 +1,411 @@
+//! The real backend through the binary: a busybox image pushed to Debian's
+//! `docker-registry` on 127.0.0.1, pulled into a real SIF, and run in
+//! bubblewrap.
+//!
+//! Without the tools these tests print a notice and pass as skipped; under
+//! `SIFR_E2E=1` a missing tool fails them (see `src/real/test_support.rs`).
+
+#[path = "../src/real/test_support.rs"]
+mod test_support;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use test_support::{DEFAULT_OUTPUT, SIF_TOOLS, busybox_layout, run_ok, tools_present};
+
+const DOUBLE: &str = env!("CARGO_BIN_EXE_apptainer-test-double");
+const REPOSITORY: &str = "test/busybox";
+
+/// Everything these tests need: building and running a SIF, and a registry.
+fn tools_for(test: &str) -> bool {
+    let mut tools = SIF_TOOLS.to_vec();
+    tools.push(("docker-registry", "docker-registry"));
+    tools_present(test, &tools)
+}
+
+/// A fresh directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "apptainer-double-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A plain-HTTP `docker-registry` on 127.0.0.1 holding the busybox image
+/// as `test/busybox:1`, stopped when dropped.
+struct Registry {
+    child: Child,
+    host: String,
+}
+
+impl Registry {
+    fn start(scratch: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = scratch.join("registry.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                scratch.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(scratch.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let registry = Self {
+            child,
+            host: format!("127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "docker-registry did not start: {}",
+                fs::read_to_string(scratch.join("registry.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+
+        let layout = busybox_layout(&mkdir(scratch.join("image")), "1");
+        run_ok(
+            Command::new("skopeo")
+                .args([
+                    "--insecure-policy",
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                ])
+                .arg(format!("oci:{}:1", layout.display()))
+                .arg(format!("docker://{}/{REPOSITORY}:1", registry.host)),
+        );
+        registry
+    }
+
+    fn uri(&self, tag: &str) -> String {
+        format!("docker://{}/{REPOSITORY}:{tag}", self.host)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create the directory `path`, and hand the path back.
+fn mkdir(path: PathBuf) -> PathBuf {
+    fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// The double with the real backend, its scratch directories in `tmp`.
+fn double(tmp: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(DOUBLE);
+    command
+        .args(args)
+        .env("APPTAINER_DOUBLE_BACKEND", "real")
+        .env("APPTAINER_DOUBLE_TMPDIR", tmp)
+        .stdin(Stdio::null());
+    for fake_only in [
+        "APPTAINER_DOUBLE_FAIL",
+        "APPTAINER_DOUBLE_SLEEP_MS",
+        "APPTAINER_DOUBLE_DIE",
+        "APPTAINER_DOUBLE_STDERR_LINES",
+        "APPTAINER_DOUBLE_SIZE",
+        "APPTAINER_DOUBLE_REQUIRE_ENV",
+    ] {
+        command.env_remove(fake_only);
+    }
+    command
+}
+
+fn output(tmp: &Path, args: &[&str]) -> Output {
+    double(tmp, args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Pull the test image into `dir/busybox.sif`.
+fn pull(registry: &Registry, tmp: &Path, dir: &Path) -> String {
+    let sif = dir.join("busybox.sif").display().to_string();
+    let out = output(tmp, &["pull", "--no-https", &sif, &registry.uri("1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    sif
+}
+
+#[test]
+fn pulls_a_real_sif_from_a_registry() {
+    if !tools_for("pulls_a_real_sif_from_a_registry") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let registry = Registry::start(scratch.path());
+    let tmp = mkdir(scratch.path().join("tmp"));
+    let images = mkdir(scratch.path().join("images"));
+    let sif = pull(&registry, &tmp, &images);
+
+    let listing = run_ok(Command::new("siftool").args(["list", &sif]));
+    let listing = text(&listing.stdout);
+    assert!(listing.contains("FS (Squashfs/*System/"), "{listing}");
+    let header = fs::read(&sif).unwrap();
+    assert!(header.starts_with(b"#!/usr/bin/env run-singularity\n"));
+
+    // apptainer's checks come first: an existing file needs --force.
+    let again = output(&tmp, &["pull", "--no-https", &sif, &registry.uri("1")]);
+    assert_eq!(again.status.code(), Some(255));
+    assert!(text(&again.stderr).contains("will not overwrite"));
+    let forced = output(
+        &tmp,
+        &["pull", "--force", "--no-https", &sif, &registry.uri("1")],
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+
+    // By digest.
+    let digest = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+            .arg(registry.uri("1")),
+    );
+    let digest = text(&digest.stdout).trim().to_owned();
+    let pinned = images.join("pinned.sif").display().to_string();
+    let uri = format!("docker://{}/{REPOSITORY}@{digest}", registry.host);
+    let out = output(&tmp, &["pull", "--no-https", &pinned, &uri]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Failures are apptainer's FATAL, exit 255, and leave no file behind.
+    let missing = images.join("missing.sif").display().to_string();
+    for (uri, options, expected) in [
+        (
+            registry.uri("nope"),
+            &["--no-https"][..],
+            "manifest unknown",
+        ),
+        (
+            registry.uri("1"),
+            &[],
+            "server gave HTTP response to HTTPS client",
+        ),
+        (
+            "docker://127.0.0.1:1/test/busybox:1".to_owned(),
+            &["--no-https"],
+            "connection refused",
+        ),
+    ] {
+        let mut args = vec!["pull"];
+        args.extend(options);
+        args.extend([missing.as_str(), uri.as_str()]);
+        let out = output(&tmp, &args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{uri}: {stderr}");
+        assert!(
+            stderr.contains("FATAL:   While making image from oci registry: ")
+                && stderr.contains(expected),
+            "{uri}: {stderr}"
+        );
+    }
+    let mut left: Vec<String> = fs::read_dir(&images)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["busybox.sif", "pinned.sif"]);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch files are removed"
+    );
+}
+
+#[test]
+fn runs_commands_in_the_image() {
+    if !tools_for("runs_commands_in_the_image") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let registry = Registry::start(scratch.path());
+    let tmp = mkdir(scratch.path().join("tmp"));
+    let sif = pull(&registry, &tmp, scratch.path());
+
+    let out = output(&tmp, &["exec", &sif, "echo", "hi"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "hi\n".into())
+    );
+    // run: the image's CMD, or the arguments in its place.
+    let out = output(&tmp, &["run", &sif]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("{DEFAULT_OUTPUT}\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output(&tmp, &["run", &sif, "echo", "a  b"]);
+    assert_eq!(text(&out.stdout), "a  b\n");
+    let out = output(&tmp, &["exec", &sif, "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    // The image's own root, read-only.
+    let out = output(
+        &tmp,
+        &["exec", &sif, "sh", "-c", "ls /bin/busybox; touch /x"],
+    );
+    assert_eq!(text(&out.stdout), "/bin/busybox\n");
+    assert_ne!(out.status.code(), Some(0));
+
+    let out = output(&tmp, &["exec", &sif, "nope"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out.stderr),
+        "FATAL:   \"nope\": executable file not found in $PATH\n"
+    );
+
+    // The environment: the host's, or with --cleanenv only PATH, --env and
+    // APPTAINER_*.
+    let script = "echo ${HOST_VAR:-unset} $GREETING $APPTAINER_NAME";
+    let out = double(
+        &tmp,
+        &["exec", "--env", "GREETING=hi", &sif, "sh", "-c", script],
+    )
+    .env("HOST_VAR", "host")
+    .output()
+    .unwrap();
+    assert_eq!(text(&out.stdout), "host hi busybox.sif\n");
+    let out = double(
+        &tmp,
+        &[
+            "exec",
+            "-e",
+            "--env",
+            "GREETING=hi",
+            &sif,
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .env("HOST_VAR", "host")
+    .output()
+    .unwrap();
+    assert_eq!(text(&out.stdout), "unset hi busybox.sif\n");
+
+    // Binds, read-only or not, and --pwd in the container.
+    let data = mkdir(scratch.path().join("data"));
+    fs::write(data.join("in.txt"), "from the host\n").unwrap();
+    let ro = format!("{}:/data:ro", data.display());
+    let out = output(
+        &tmp,
+        &[
+            "exec", "--bind", &ro, "--pwd", "/data", &sif, "cat", "in.txt",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "from the host\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output(&tmp, &["exec", "-B", &ro, &sif, "touch", "/data/new"]);
+    assert_ne!(out.status.code(), Some(0));
+    let rw = format!("{}:/data", data.display());
+    let out = output(&tmp, &["exec", "-B", &rw, &sif, "touch", "/data/new"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(data.join("new").exists());
+    let out = output(&tmp, &["exec", "--bind", "/nonexistent:/x", &sif, "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("mount source /nonexistent doesn't exist"));
+
+    // A fake backend's SIF is no SIF to siftool.
+    let fake = scratch.path().join("fake.sif").display().to_string();
+    let out = Command::new(DOUBLE)
+        .args(["pull", &fake, "docker://example.test/a:1"])
+        .env_remove("APPTAINER_DOUBLE_BACKEND")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = output(&tmp, &["exec", &fake, "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).starts_with(&format!("FATAL:   could not open image {fake}: ")));
+
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch files are removed"
+    );
+}
+
+#[test]
+fn signals_reach_the_command() {
+    if !tools_for("signals_reach_the_command") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let registry = Registry::start(scratch.path());
+    let tmp = mkdir(scratch.path().join("tmp"));
+    let sif = pull(&registry, &tmp, scratch.path());
+
+    // Start the command, wait until it is running, then SIGTERM the double.
+    let terminate = |script: &str| {
+        let mut child = double(&tmp, &["exec", &sif, "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let rest: Vec<String> = lines.map(Result::unwrap).collect();
+        (child.wait().unwrap(), rest)
+    };
+    let (status, rest) =
+        terminate("trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.1; done");
+    assert_eq!(
+        (status.code(), rest),
+        (Some(7), vec!["got TERM".to_owned()])
+    );
+    // Dead of the signal, the command takes the double with it.
+    let (status, _) = terminate("echo ready; exec sleep 60");
+    assert_eq!(status.signal(), Some(15), "{status}");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "scratch files are removed"
+    );
+}
