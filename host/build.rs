@@ -20,6 +20,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SIFR_SKIP_RUSTUP");
 
     ensure_target();
+    e2e_cfg();
 
     // A target dir of their own: the outer build holds the lock on its own
     // profile dir, and the plugins are shared by debug, release and clippy.
@@ -58,7 +59,11 @@ fn main() {
         );
     }
     let out = target_dir.join(TARGET).join("release");
-    for name in ["sifr_plugin_default", "sifr_plugin_mirror"] {
+    for name in [
+        "sifr_plugin_default",
+        "sifr_plugin_mirror",
+        "sifr_plugin_tags",
+    ] {
         let wasm = out.join(format!("{name}.wasm"));
         assert!(
             wasm.is_file(),
@@ -67,6 +72,36 @@ fn main() {
         );
     }
     println!("cargo:rustc-env=SIFR_PLUGIN_DIR={}", out.display());
+}
+
+/// The tools the end-to-end tests drive (tests/e2e.rs says which package
+/// brings each).
+const E2E_TOOLS: &[&str] = &[
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "mksquashfs",
+    "unsquashfs",
+    "siftool",
+    "bwrap",
+    "busybox",
+    "openssl",
+];
+
+/// Sets `cfg(sifr_e2e)` when the end-to-end tests should run: when
+/// `SIFR_E2E=1` (then a missing tool fails them), or when every tool they
+/// need is on PATH. Otherwise they are compiled as ignored, with a reason
+/// that names the packages, so `cargo test` shows that they were skipped.
+fn e2e_cfg() {
+    println!("cargo::rustc-check-cfg=cfg(sifr_e2e)");
+    println!("cargo:rerun-if-env-changed=SIFR_E2E");
+    println!("cargo:rerun-if-env-changed=PATH");
+    let required = std::env::var("SIFR_E2E").is_ok_and(|v| v == "1");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = |tool: &str| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file());
+    if required || E2E_TOOLS.iter().all(|tool| found(tool)) {
+        println!("cargo:rustc-cfg=sifr_e2e");
+    }
 }
 
 /// `rustup target add wasm32-wasip2` when the target is missing, and say so.
