@@ -62,6 +62,7 @@ fn main() {
     for name in [
         "sifr_plugin_default",
         "sifr_plugin_mirror",
+        "sifr_plugin_registries",
         "sifr_plugin_tags",
     ] {
         let wasm = out.join(format!("{name}.wasm"));
@@ -88,12 +89,14 @@ const E2E_TOOLS: &[&str] = &[
     "openssl",
 ];
 
-/// Sets `cfg(sifr_e2e)` when the end-to-end tests should run: when
+/// Sets `cfg(sifr_e2e)` when the end-to-end tests should run (and
+/// `cfg(sifr_python)` for the Python plugin test, which needs componentize-py): when
 /// `SIFR_E2E=1` (then a missing tool fails them), or when every tool they
 /// need is on PATH. Otherwise they are compiled as ignored, with a reason
 /// that names the packages, so `cargo test` shows that they were skipped.
 fn e2e_cfg() {
     println!("cargo::rustc-check-cfg=cfg(sifr_e2e)");
+    println!("cargo::rustc-check-cfg=cfg(sifr_python)");
     println!("cargo:rerun-if-env-changed=SIFR_E2E");
     println!("cargo:rerun-if-env-changed=PATH");
     let required = std::env::var("SIFR_E2E").is_ok_and(|v| v == "1");
@@ -101,6 +104,10 @@ fn e2e_cfg() {
     let found = |tool: &str| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file());
     if required || E2E_TOOLS.iter().all(|tool| found(tool)) {
         println!("cargo:rustc-cfg=sifr_e2e");
+    }
+    // The Python plugin test needs componentize-py (from PyPI).
+    if required || found("componentize-py") {
+        println!("cargo:rustc-cfg=sifr_python");
     }
 }
 

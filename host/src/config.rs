@@ -216,6 +216,10 @@ struct PluginToml {
     sha256: Option<String>,
     #[serde(default)]
     settings: toml::Table,
+    /// Settings whose value is a file's text, read by the host (plugins
+    /// have no filesystem): `settings-files = { conf = "/etc/containers/registries.conf" }`.
+    #[serde(default)]
+    settings_files: std::collections::BTreeMap<String, PathBuf>,
     #[serde(default)]
     on_error: OnError,
     #[serde(default)]
@@ -403,6 +407,22 @@ fn plugin_spec(
         }
         None => None,
     };
+    let mut settings = entry.settings;
+    for (key, file) in entry.settings_files {
+        let file = dir.join(file);
+        if settings.contains_key(&key) {
+            return Err(format!(
+                "plugin '{name}': `{key}` is given both in settings and in settings-files; give it once"
+            ));
+        }
+        let text = read_capped(&file, MAX_SETTINGS_FILE).map_err(|e| {
+            format!(
+                "plugin '{name}': cannot read {} for setting `{key}`: {e}; check `settings-files`",
+                file.display()
+            )
+        })?;
+        settings.insert(key, toml::Value::String(text));
+    }
     if entry.locked && layer != Layer::Site {
         return Err(format!(
             "plugin '{name}': `locked` is only honoured in the site config ({SITE_CONFIG})"
@@ -412,11 +432,29 @@ fn plugin_spec(
         name,
         source,
         sha256,
-        settings: toml_to_json(toml::Value::Table(entry.settings)),
+        settings: toml_to_json(toml::Value::Table(settings)),
         on_error: entry.on_error,
         locked: entry.locked,
         declared_in: Some(file.to_path_buf()),
     })
+}
+
+/// Largest file `settings-files` may name.
+const MAX_SETTINGS_FILE: u64 = 1 << 20;
+
+/// A text file of at most `max` bytes.
+fn read_capped(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "it is larger than {max} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 /// Settings reach plugins as JSON; TOML datetimes become RFC 3339 strings.
@@ -607,6 +645,38 @@ mod tests {
         assert_eq!(names(&config), ["default"]);
         let err = Config::load(&ConfigSources::only(&missing)).unwrap_err();
         assert!(err.to_string().contains("check --config"), "{err}");
+    }
+
+    #[test]
+    fn settings_files_are_read_by_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "registries.conf",
+            "[[registry]]\nlocation = \"a.io\"\n",
+        );
+        let path = write(
+            dir.path(),
+            "c.toml",
+            "[[plugin]]\nname = \"r\"\nbuiltin = \"registries\"\nsettings-files = { conf = \"registries.conf\" }\n",
+        );
+        let config = Config::load(&ConfigSources::only(&path)).unwrap();
+        assert_eq!(
+            config.plugins[0].settings,
+            serde_json::json!({"conf": "[[registry]]\nlocation = \"a.io\"\n"})
+        );
+        let path = write(
+            dir.path(),
+            "c.toml",
+            "[[plugin]]\nname = \"r\"\nbuiltin = \"registries\"\nsettings-files = { conf = \"nope.conf\" }\n",
+        );
+        let err = Config::load(&ConfigSources::only(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope.conf") && err.contains("check `settings-files`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct ImageRef {
     pub repository: String,
     pub tag: Option<String>,
     pub manifest_digest: Option<ManifestDigest>,
+    /// The name as written, when it had no registry (`ubuntu`, `ncbi/blast`):
+    /// how the user wrote it, not part of the identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_name: Option<String>,
 }
 
 /// A registry manifest digest (`sha256:<64 hex>`): names an image in a
@@ -136,9 +140,9 @@ impl ImageRef {
             None => (name, None),
         };
 
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if looks_like_registry(first) => (first, rest.to_string()),
-            _ => (DOCKER_HUB, name.to_string()),
+        let (registry, repository, short_name) = match name.split_once('/') {
+            Some((first, rest)) if looks_like_registry(first) => (first, rest.to_string(), None),
+            _ => (DOCKER_HUB, name.to_string(), Some(name.to_string())),
         };
         let registry = match registry {
             "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
@@ -161,6 +165,7 @@ impl ImageRef {
             repository,
             tag,
             manifest_digest: digest,
+            short_name,
         })
     }
 }

@@ -33,6 +33,13 @@ const BUILTINS: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_mirror.wasm")),
     ),
     (
+        "registries",
+        include_bytes!(concat!(
+            env!("SIFR_PLUGIN_DIR"),
+            "/sifr_plugin_registries.wasm"
+        )),
+    ),
+    (
         "tags",
         include_bytes!(concat!(env!("SIFR_PLUGIN_DIR"), "/sifr_plugin_tags.wasm")),
     ),
@@ -216,6 +223,7 @@ impl LoadedPlugin {
             },
             arch: ctx.arch.clone(),
             local_sif_digest: ctx.local_sif_digest.as_ref().map(|d| d.to_string()),
+            short_name: image.short_name.clone(),
         };
         let plan_w: Vec<_> = plan.iter().map(validate::to_wit).collect();
         let report = self.call("decide", |store, plugin| {
