@@ -13,40 +13,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sifr::ImageRef;
+
+mod common;
+use common::{fmt, median, time};
 use sifr::cache::{Cache, Entry, Identity, Lookup, Stamp, sha256_file};
 
 const GIB: u64 = 1 << 30;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn time(n: usize, mut f: impl FnMut()) -> Duration {
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
-
-fn fmt(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.1} µs")
-    } else if us < 1e6 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{:.2} s", us / 1e6)
-    }
-}
 
 /// The apptainer test double: `$SIFR_BENCH_APPTAINER`, else the one built
 /// next to this benchmark.

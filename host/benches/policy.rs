@@ -9,7 +9,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod common;
+use common::{fmt, median, time};
 
 use sifr::{
     Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, PullRef, Purpose, Source,
@@ -67,32 +70,6 @@ fn native(image: &ImageRef) -> Vec<Source> {
         source.note.push_str("; by tag");
     }
     plan
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn time(n: usize, mut f: impl FnMut()) -> Duration {
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
-
-fn fmt(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.1} µs")
-    } else {
-        format!("{:.2} ms", us / 1000.0)
-    }
 }
 
 fn main() {
@@ -177,6 +154,57 @@ fn main() {
     );
     println!(
         "ratio cold/warm: {:.1}x",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+
+    // The Python plugin (~18 MB with its interpreter), when built:
+    // SIFR_BENCH_PYTHON_WASM=path/to/biocontainers.wasm.
+    let Some(python) = std::env::var_os("SIFR_BENCH_PYTHON_WASM") else {
+        println!("(set SIFR_BENCH_PYTHON_WASM to measure the Python plugin)");
+        return;
+    };
+    let settings = dir.path().join("python-settings.toml");
+    std::fs::write(&settings, "mirror = \"harbor.example.org\"\n").unwrap();
+    let check = |cache: &Path| {
+        let out = Command::new(exe)
+            .arg("plugin")
+            .arg("check")
+            .arg(&python)
+            .arg("--settings")
+            .arg(&settings)
+            .arg("quay.io/biocontainers/blast:2.15.0")
+            .env("SIFR_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let cold = median(
+        (0..3)
+            .map(|i| {
+                let cache = dir.path().join(format!("py-cold-{i}"));
+                let t = Instant::now();
+                check(&cache);
+                t.elapsed()
+            })
+            .collect(),
+    );
+    let warm_cache = dir.path().join("py-warm");
+    check(&warm_cache);
+    let warm = time(11, || check(&warm_cache));
+    println!(
+        "Python plugin, `sifr plugin check`, compile cache cold: median {}",
+        fmt(cold)
+    );
+    println!(
+        "Python plugin, `sifr plugin check`, compile cache warm: median {}",
+        fmt(warm)
+    );
+    println!(
+        "ratio cold/warm: {:.0}x",
         cold.as_secs_f64() / warm.as_secs_f64()
     );
 }
