@@ -133,6 +133,9 @@ fn the_python_plugin_builds_with_componentize_py_and_passes_plugin_check() {
             wasm.to_str().unwrap(),
             "--settings",
             settings.to_str().unwrap(),
+            // Not what this test is about: keep a loaded machine from failing it.
+            "--timeout-ms",
+            "5000",
             "quay.io/biocontainers/blast:2.15.0",
             "ubuntu:22.04",
         ])

@@ -277,6 +277,23 @@ impl Drop for Registry {
     }
 }
 
+/// A config layer that only gives plugins a generous deadline: these tests
+/// start many sifr processes at once on a small machine, and the policy's
+/// 100 ms wall-clock default is not what they test.
+fn sandbox_config() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sandbox.toml"),
+            "[sandbox]\ntimeout-ms = 10000\n",
+        )
+        .unwrap();
+        dir
+    });
+    dir.path().join("sandbox.toml")
+}
+
 /// sifr with a scratch cache and config, and the apptainer stand-in with its
 /// real backend.
 struct Sifr {
@@ -310,7 +327,7 @@ impl Sifr {
             .env("APPTAINER_DOUBLE_BACKEND", "real")
             .env("APPTAINER_DOUBLE_CERT_DIR", &fixtures().certs.dir)
             .env("APPTAINER_DOUBLE_LOG", &self.log)
-            .env_remove("SIFR_CONFIG");
+            .env("SIFR_CONFIG", sandbox_config());
         cmd
     }
 

@@ -12,11 +12,19 @@ use sifr::{
 };
 
 fn hostile(scratch: &Scratch, mode: &str, extra: &str) -> Result<Policy, Error> {
+    hostile_in(scratch, mode, extra, "")
+}
+
+/// The hostile plugin in `mode`, with `sandbox` lines under [sandbox].
+fn hostile_in(scratch: &Scratch, mode: &str, extra: &str, sandbox: &str) -> Result<Policy, Error> {
     let wasm = plugin_wasm("hostile");
-    let toml = entry(
-        "rogue",
-        &wasm,
-        &format!("{extra}\n[plugin.settings]\nmode = \"{mode}\""),
+    let toml = format!(
+        "[sandbox]\n{sandbox}\n{}",
+        entry(
+            "rogue",
+            &wasm,
+            &format!("{extra}\n[plugin.settings]\nmode = \"{mode}\"")
+        )
     );
     let path = scratch.write("config.toml", &toml);
     let config = Config::load(&ConfigSources::only(path))?;
@@ -30,9 +38,17 @@ fn image() -> ImageRef {
 /// The failure of a fail-closed hostile plugin in `mode`, checked to be
 /// contained: it is the same on a second call, and a healthy policy in the
 /// same process still works afterwards.
+///
+/// Every mode but `loop` gets a 10 s deadline, so that on a loaded machine
+/// the limit under test (memory, output) trips rather than the clock.
 fn failure(mode: &str) -> sifr::PluginFailure {
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, mode, "").unwrap();
+    let sandbox = if mode == "loop" {
+        ""
+    } else {
+        "timeout-ms = 10000"
+    };
+    let policy = hostile_in(&scratch, mode, "", sandbox).unwrap();
     let ctx = Context::new(Purpose::Pull);
     let Outcome::Failed(first) = policy.resolve(&image(), &ctx).outcome else {
         panic!("mode {mode} did not fail");
@@ -103,7 +119,7 @@ fn the_memory_cap_is_configurable() {
     let scratch = Scratch::new();
     let wasm = plugin_wasm("hostile");
     let toml = format!(
-        "[sandbox]\nmemory-mib = 8\n{}",
+        "[sandbox]\nmemory-mib = 8\ntimeout-ms = 10000\n{}",
         entry(
             "rogue",
             &wasm,
@@ -150,10 +166,13 @@ fn a_100_mb_string_is_contained() {
 fn an_oversized_note_is_refused() {
     let scratch = Scratch::new();
     let wasm = plugin_wasm("hostile");
-    let toml = entry(
-        "rogue",
-        &wasm,
-        "[plugin.settings]\nmode = \"huge-string\"\nbytes = 1048576",
+    let toml = format!(
+        "[sandbox]\ntimeout-ms = 10000\n{}",
+        entry(
+            "rogue",
+            &wasm,
+            "[plugin.settings]\nmode = \"huge-string\"\nbytes = 1048576",
+        )
     );
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
     let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
@@ -299,7 +318,7 @@ fn settings_can_be_rejected_with_the_plugins_message() {
 #[test]
 fn stdout_stderr_and_logs_are_captured_and_capped() {
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, "chatty", "").unwrap();
+    let policy = hostile_in(&scratch, "chatty", "", "timeout-ms = 10000").unwrap();
     let resolution = policy.resolve(&image(), &Context::new(Purpose::Pull));
     let logs = &resolution.steps[0].logs;
     let messages: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();

@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use common::{Scratch, apptainer_double, pulls, stderr, stdout};
 
+/// A config layer that only gives plugins a generous deadline: these tests
+/// start many sifr processes at once on a small machine, and the policy's
+/// 100 ms wall-clock default is not what they test.
+fn sandbox_config() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sandbox.toml"),
+            "[sandbox]\ntimeout-ms = 10000\n",
+        )
+        .unwrap();
+        dir
+    });
+    dir.path().join("sandbox.toml")
+}
+
 /// A scratch cache and config, with sifr pointed at the test double.
 struct Env {
     scratch: Scratch,
@@ -33,7 +50,7 @@ impl Env {
             .env("SIFR_CACHE_DIR", self.cache())
             .env("SIFR_APPTAINER", apptainer_double())
             .env("APPTAINER_DOUBLE_LOG", &self.log)
-            .env_remove("SIFR_CONFIG")
+            .env("SIFR_CONFIG", sandbox_config())
             .env_remove("SIFR_PULL_TIMEOUT");
         for (k, v) in vars {
             cmd.env(k, v);

@@ -79,12 +79,7 @@ fn main() {
         pulled_at: 0,
         apptainer_version: "bench".into(),
         plan_notes: vec![],
-        stamp: Stamp {
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            ino: 0,
-        },
+        stamp: Stamp::default(),
     };
     let entry = cache.commit(&identity, &tmp_name, entry, &mut ()).unwrap();
     let blob = cache.blob_path(&entry);

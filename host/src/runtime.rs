@@ -221,12 +221,7 @@ impl Runtime {
                             .iter()
                             .map(|s| format!("{}: {}", s.uri(), s.note))
                             .collect(),
-                        stamp: crate::cache::Stamp {
-                            size: 0,
-                            mtime_ns: 0,
-                            ctime_ns: 0,
-                            ino: 0,
-                        },
+                        stamp: Default::default(),
                     };
                     let mut hashing = |done, total| progress(Progress::Hashing { done, total });
                     let entry = self

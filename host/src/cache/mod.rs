@@ -63,7 +63,7 @@ impl Identity {
 
 /// Cheap evidence that a blob is unchanged since it was hashed. A write of
 /// any kind changes ctime, which no user can set back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub size: u64,
     pub mtime_ns: i128,
@@ -196,7 +196,9 @@ impl Cache {
 
     fn write_entry(&self, key: &str, entry: &Entry) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
-        let tmp = format!("tmp/{key}.json.{}", std::process::id());
+        // A leading dot: `sweep` leaves these alone unless they are stale,
+        // since index writes happen outside the pull lock.
+        let tmp = format!("tmp/.{key}.json.{}-{}", std::process::id(), next_seq());
         let mut file = self.dir.create(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
@@ -273,9 +275,12 @@ impl Cache {
                 let _ = self.dir.remove_file(Path::new("tmp").join(&name));
             }
         }
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("tmp/{}-{}-{n}.sif", identity.key, std::process::id());
+        let name = format!(
+            "tmp/{}-{}-{}.sif",
+            identity.key,
+            std::process::id(),
+            next_seq()
+        );
         let path = self.root.join(&name);
         Ok((name, path))
     }
@@ -286,7 +291,8 @@ impl Cache {
     }
 
     /// Hash the pulled file `tmp_name`, move it into `blobs/` and record it
-    /// for `identity`. `entry` is filled in with the digest, size and stamp.
+    /// for `identity`. `entry` comes with its provenance; the digest, size
+    /// and stamp are filled in here, from the file.
     pub fn commit(
         &self,
         identity: &Identity,
@@ -411,7 +417,20 @@ impl Cache {
             }
         }
         for item in self.dir.read_dir("tmp")? {
-            let file = item?.file_name().to_string_lossy().into_owned();
+            let item = item?;
+            let file = item.file_name().to_string_lossy().into_owned();
+            if file.starts_with('.') {
+                let stale = item
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t.into_std()).ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+                if stale {
+                    ignore_missing(self.dir.remove_file(format!("tmp/{file}")))?;
+                }
+                continue;
+            }
             let key: String = file.chars().take(64).collect();
             let identity = Identity {
                 text: String::new(),
@@ -469,6 +488,12 @@ impl Cache {
         }
         Ok(bad)
     }
+}
+
+/// Distinguishes temporary files of one process's threads.
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Seconds since the Unix epoch.

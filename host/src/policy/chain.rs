@@ -160,56 +160,48 @@ impl Policy {
         for plugin in &self.plugins {
             let started = Instant::now();
             let report = plugin.decide(image, ctx, &plan);
-            let mut step = Step {
+            let elapsed = started.elapsed();
+            // What the step shows, and the chain's outcome when it stops here.
+            let (outcome, stop) = match report.result {
+                Ok(Verdict::Plan(sources)) => {
+                    plan = sources.clone();
+                    (StepOutcome::Plan { sources }, None)
+                }
+                Ok(Verdict::Deny(reason)) => (
+                    StepOutcome::Deny {
+                        reason: reason.clone(),
+                    },
+                    Some(Outcome::Denied {
+                        plugin: plugin.name.clone(),
+                        reason,
+                    }),
+                ),
+                Err(failure) if plugin.on_error == OnError::FailOpen => (
+                    StepOutcome::Skipped {
+                        error: failure.to_string(),
+                    },
+                    None,
+                ),
+                Err(failure) => (
+                    StepOutcome::Failed {
+                        error: failure.to_string(),
+                    },
+                    Some(Outcome::Failed(failure)),
+                ),
+            };
+            steps.push(Step {
                 plugin: plugin.name.clone(),
                 sha256: plugin.short_sha(),
-                outcome: StepOutcome::Plan {
-                    sources: Vec::new(),
-                },
+                outcome,
                 logs: report.logs,
-                elapsed: started.elapsed(),
-            };
-            match report.result {
-                Ok(Verdict::Plan(sources)) => {
-                    step.outcome = StepOutcome::Plan {
-                        sources: sources.clone(),
-                    };
-                    plan = sources;
-                    steps.push(step);
-                }
-                Ok(Verdict::Deny(reason)) => {
-                    step.outcome = StepOutcome::Deny {
-                        reason: reason.clone(),
-                    };
-                    steps.push(step);
-                    return Resolution {
-                        image: image.clone(),
-                        steps,
-                        outcome: Outcome::Denied {
-                            plugin: plugin.name.clone(),
-                            reason,
-                        },
-                    };
-                }
-                Err(failure) => match plugin.on_error {
-                    OnError::FailOpen => {
-                        step.outcome = StepOutcome::Skipped {
-                            error: failure.to_string(),
-                        };
-                        steps.push(step);
-                    }
-                    OnError::FailClosed => {
-                        step.outcome = StepOutcome::Failed {
-                            error: failure.to_string(),
-                        };
-                        steps.push(step);
-                        return Resolution {
-                            image: image.clone(),
-                            steps,
-                            outcome: Outcome::Failed(failure),
-                        };
-                    }
-                },
+                elapsed,
+            });
+            if let Some(outcome) = stop {
+                return Resolution {
+                    image: image.clone(),
+                    steps,
+                    outcome,
+                };
             }
         }
         Resolution {
