@@ -27,29 +27,34 @@ fn fixture(name: &str) -> PathBuf {
 fn config_for(conf: &Path) -> PathBuf {
     let dir = cache().join("configs");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.toml", sha(conf)));
+    let stem = conf.file_stem().unwrap().to_string_lossy().into_owned();
+    let path = dir.join(format!("{stem}.toml"));
+    // Written aside and renamed: other tests may be reading the same file.
+    let tmp = dir.join(format!("{stem}.{:?}.tmp", std::thread::current().id()));
     std::fs::write(
-        &path,
+        &tmp,
         format!(
             "[[plugin]]\nname = \"registries\"\nbuiltin = \"registries\"\nsettings-files = {{ conf = \"{}\" }}\n",
             conf.display()
         ),
     )
     .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 
-fn sha(path: &Path) -> String {
-    common::sha256_hex(path)[..16].to_string()
-}
-
-/// An inline registries.conf, written to a file.
+/// An inline registries.conf, written to a file named by its content (tests
+/// run in parallel threads, so each writes its own temporary name first).
 fn conf(text: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = cache().join("confs");
     std::fs::create_dir_all(&dir).unwrap();
-    let tmp = dir.join("tmp.conf");
+    let name = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    let path = dir.join(format!("{name}.conf"));
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{seq}.tmp"));
     std::fs::write(&tmp, text).unwrap();
-    let path = dir.join(format!("{}.conf", sha(&tmp)));
     std::fs::rename(&tmp, &path).unwrap();
     path
 }

@@ -121,7 +121,8 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
                     out.push(json!({"input": input, "pulled": pulled}));
                 } else {
                     println!("{}", pulled.path.display());
-                    if !globals.quiet {
+                    // A one-line summary for people; scripts read stdout.
+                    if !globals.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                         let how = if pulled.cached {
                             "cached".to_string()
                         } else {
