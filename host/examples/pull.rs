@@ -1,7 +1,7 @@
 //! Embedding sifr: resolve, pull (with progress) and run an image.
 //!
 //! ```sh
-//! cargo run --example pull -- ncbi/blast:2.14.0 blastn -version
+//! cargo run -p sifr --example pull -- ncbi/blast:2.14.0 blastn -version
 //! ```
 //!
 //! Uses the standard config files, the standard cache and the apptainer
