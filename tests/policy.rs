@@ -192,7 +192,11 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .expect("an artifact was written");
-    std::fs::write(&artifact, b"not native code").unwrap();
+    // (Replaced by rename, as any careful writer does: the loaded policies
+    // above still map the old file.)
+    let damaged = artifact.with_extension("tmp");
+    std::fs::write(&damaged, b"not native code").unwrap();
+    std::fs::rename(&damaged, &artifact).unwrap();
     let third = Policy::load(&config, &options).unwrap();
     assert_eq!(third.plugins()[0].artifact, ArtifactOrigin::Compiled);
     assert_eq!(

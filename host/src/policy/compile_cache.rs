@@ -62,14 +62,14 @@ impl CompileCache {
         if !self.trusted(path) {
             return None;
         }
-        // Read into memory rather than mmap the file: a file truncated under
-        // a mapping would kill the process with SIGBUS.
-        let bytes = fs::read(path).ok()?;
-        // SAFETY: the bytes are ones sifr serialised itself: the file sits in
-        // a directory owned by this user that no one else can write, is owned
+        // SAFETY: the file is one sifr serialised itself: it sits in a
+        // directory owned by this user that no one else can write, is owned
         // by this user and writable by no one else, and its name carries the
-        // engine's compatibility hash (which wasmtime checks again).
-        match unsafe { Component::deserialize(engine, &bytes) } {
+        // engine's compatibility hash (which wasmtime checks again). It is
+        // mapped, not read: sifr only ever replaces artifacts by renaming a
+        // new file over them, never by writing in place, so a mapping never
+        // sees its file change.
+        match unsafe { Component::deserialize_file(engine, path) } {
             Ok(component) => Some(component),
             Err(_) => {
                 // Corrupt or from an incompatible build: compile afresh.
