@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{apptainer_double, pulls, stderr, stdout};
+use common::{apptainer_double, pulls, sandbox_config, stderr, stdout};
 
 const TOOLS: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
@@ -275,23 +275,6 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A config layer that only gives plugins a generous deadline: these tests
-/// start many sifr processes at once on a small machine, and the policy's
-/// 100 ms wall-clock default is not what they test.
-fn sandbox_config() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("sandbox.toml"),
-            "[sandbox]\ntimeout-ms = 10000\n",
-        )
-        .unwrap();
-        dir
-    });
-    dir.path().join("sandbox.toml")
 }
 
 /// sifr with a scratch cache and config, and the apptainer stand-in with its

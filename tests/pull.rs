@@ -7,24 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Scratch, apptainer_double, pulls, stderr, stdout};
-
-/// A config layer that only gives plugins a generous deadline: these tests
-/// start many sifr processes at once on a small machine, and the policy's
-/// 100 ms wall-clock default is not what they test.
-fn sandbox_config() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("sandbox.toml"),
-            "[sandbox]\ntimeout-ms = 10000\n",
-        )
-        .unwrap();
-        dir
-    });
-    dir.path().join("sandbox.toml")
-}
+use common::{Scratch, apptainer_double, pulls, sandbox_config, stderr, stdout};
 
 /// A scratch cache and config, with sifr pointed at the test double.
 struct Env {

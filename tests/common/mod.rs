@@ -100,3 +100,20 @@ pub fn pulls(path: &Path) -> Vec<Vec<String>> {
         .filter(|argv| argv.first().is_some_and(|a| a == "pull"))
         .collect()
 }
+
+/// A config layer that only gives plugins a generous deadline, for tests
+/// that start many sifr processes at once on a small machine: the policy's
+/// 100 ms wall-clock default is not what they test.
+pub fn sandbox_config() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sandbox.toml"),
+            "[sandbox]\ntimeout-ms = 10000\n",
+        )
+        .unwrap();
+        dir
+    });
+    dir.path().join("sandbox.toml")
+}
