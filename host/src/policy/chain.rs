@@ -39,7 +39,7 @@ impl PolicyOptions {
     pub fn for_config(config: &Config) -> Self {
         Self {
             compile_cache: crate::cache_root_for(config)
-                .map(|root| CompileCache::new(root.join("plugins"))),
+                .map(|root| CompileCache::in_cache_root(&root)),
         }
     }
 }

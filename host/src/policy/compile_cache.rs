@@ -42,7 +42,13 @@ impl CompileCache {
 
     /// `$SIFR_CACHE_DIR/plugins`, else `$XDG_CACHE_HOME/sifr/plugins`.
     pub fn standard() -> Option<Self> {
-        crate::cache_root().map(|root| Self::new(root.join("plugins")))
+        crate::cache_root().map(|root| Self::in_cache_root(&root))
+    }
+
+    /// The compiled-plugin cache inside a sifr cache root (`ROOT/plugins`),
+    /// next to the SIF cache.
+    pub fn in_cache_root(root: &Path) -> Self {
+        Self::new(root.join("plugins"))
     }
 
     pub fn dir(&self) -> &Path {
