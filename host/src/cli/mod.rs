@@ -234,10 +234,4 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
-
-    #[test]
-    fn usage_code_is_clap_s_2() {
-        let error = clap::Error::new(clap::error::ErrorKind::InvalidValue);
-        assert_eq!(error.exit_code(), 2);
-    }
 }
