@@ -59,9 +59,16 @@ fn conf(text: &str) -> PathBuf {
     path
 }
 
-/// `sifr resolve --json`: the URIs (with ` (http)` for plain HTTP), or the
-/// error on stderr.
-fn resolve(conf: &Path, image: &str) -> Result<Vec<String>, String> {
+/// Why `sifr resolve` failed: its exit code and stderr.
+#[derive(Debug)]
+struct Failure {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// `sifr resolve --json`: the URIs (with ` (http)` for plain HTTP), or how
+/// it failed.
+fn resolve(conf: &Path, image: &str) -> Result<Vec<String>, Failure> {
     let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
         .args(["--config"])
         .arg(config_for(conf))
@@ -72,7 +79,10 @@ fn resolve(conf: &Path, image: &str) -> Result<Vec<String>, String> {
         .output()
         .unwrap();
     if !out.status.success() {
-        return Err(stderr(&out));
+        return Err(Failure {
+            code: out.status.code(),
+            stderr: stderr(&out),
+        });
     }
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     Ok(json[0]["sources"]
@@ -91,13 +101,49 @@ fn resolve(conf: &Path, image: &str) -> Result<Vec<String>, String> {
 }
 
 fn plan(conf: &Path, image: &str) -> Vec<String> {
-    resolve(conf, image).unwrap_or_else(|e| panic!("{image}: {e}"))
+    resolve(conf, image).unwrap_or_else(|e| panic!("{image}: {e:?}"))
 }
 
+/// The policy denied `image` (exit 4): the reason.
 fn denial(conf: &Path, image: &str) -> String {
     match resolve(conf, image) {
         Ok(plan) => panic!("{image} was not refused: {plan:?}"),
-        Err(e) => e,
+        Err(Failure {
+            code: Some(4),
+            stderr,
+        }) => stderr,
+        Err(other) => panic!("{image}: expected a denial (exit 4), got {other:?}"),
+    }
+}
+
+/// The file is refused when sifr loads the policy (exit 3), before any
+/// image is looked at: the message.
+fn load_error(text: &str) -> String {
+    match resolve(&conf(text), "a.io/x:1") {
+        Ok(plan) => panic!("{text:?} was loaded: {plan:?}"),
+        Err(Failure {
+            code: Some(3),
+            stderr,
+        }) if stderr.contains("refused its settings: registries.conf: ") => stderr,
+        Err(other) => panic!("{text:?}: expected a load error (exit 3), got {other:?}"),
+    }
+}
+
+/// Each file is refused at load, and the message has every expected part
+/// (the table, the key, what to do).
+fn assert_refused<'a>(cases: impl IntoIterator<Item = (&'a str, &'a [&'a str])>) {
+    for (text, expected) in cases {
+        let err = load_error(text);
+        for part in expected {
+            assert!(err.contains(part), "{text:?}: {part:?} is not in: {err}");
+        }
+    }
+}
+
+/// Each image gets exactly this plan under `conf`.
+fn assert_plans<'a>(conf: &Path, cases: impl IntoIterator<Item = (&'a str, &'a [&'a str])>) {
+    for (image, uris) in cases {
+        assert_eq!(plan(conf, image), *uris, "{image}");
     }
 }
 
@@ -180,19 +226,13 @@ location = "cache.example.net/sub"
         ]
     );
     assert_eq!(plan(&c, "example.com/x:1"), ["docker://example.com/x:1"]);
-    for bad in [
-        "example.*.com",
-        "*example.com",
-        "foo.io/*",
-        "*.example.com/ns",
-    ] {
-        let c = conf(&format!("[[registry]]\nprefix = \"{bad}\"\n"));
-        let err = denial(&c, "a.example.com/x:1");
-        assert!(
-            err.contains("wildcard") && err.contains("refused its settings"),
-            "{bad}: {err}"
-        );
-    }
+    // containers/image takes the same port-less reading of a wildcard's
+    // host as it takes of a plain host; sifr's deviation on ports is in
+    // a_host_prefix_never_matches_another_port_except_to_block.
+    assert_eq!(
+        plan(&c, "a.example.com:5000/x:1"),
+        ["docker://a.example.com:5000/x:1"]
+    );
 }
 
 #[test]
@@ -276,14 +316,27 @@ pull-from-mirror = "tag-only"
         ]
     );
 
-    let both = conf(
-        "[[registry]]\nlocation = \"r.io\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"all\"\n",
-    );
-    let err = denial(&both, "r.io/a:1");
-    assert!(
-        err.contains("pull-from-mirror cannot be used together with mirror-by-digest-only"),
-        "{err}"
-    );
+    // Invalid routes are refused at load (postProcessRegistries).
+    assert_refused([
+        (
+            "[[registry]]\nlocation = \"r.io\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"all\"\n",
+            &[
+                "[[registry]] #1 (location \"r.io\"), [[registry.mirror]] #1",
+                "pull-from-mirror cannot be used together with mirror-by-digest-only",
+            ][..],
+        ),
+        (
+            "[[registry]]\nlocation = \"r.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\npull-from-mirror = \"sometimes\"\n",
+            &["[[registry.mirror]] #1", "pull-from-mirror = \"sometimes\""],
+        ),
+        (
+            "[[registry]]\nlocation = \"r.io\"\npull-from-mirror = \"digest-only\"\n",
+            &[
+                "[[registry]] #1 (location \"r.io\")",
+                "pull-from-mirror = \"digest-only\" is set on the registry itself",
+            ],
+        ),
+    ]);
 }
 
 #[test]
@@ -368,31 +421,690 @@ fn short_names_use_aliases_then_search_registries() {
     );
 }
 
+// What containers/image refuses when it loads the file, sifr refuses when it
+// loads the policy (exit 3), with the file, the table and the key; what it
+// accepts resolves as it resolves. One test per rule of
+// containers/image's pkg/sysregistriesv2, named in each.
+
+/// parseLocation: trailing slashes are trimmed, URI schemes are refused.
 #[test]
-fn unknown_keys_and_version_1_tables_are_clear_settings_errors() {
-    for (text, expect) in [
+fn locations_lose_trailing_slashes_and_uri_schemes_are_refused_at_load() {
+    let trimmed = conf(
+        r#"
+[[registry]]
+location = "example.com//////"
+[[registry.mirror]]
+location = "mirror.example.net/hub/"
+
+[[registry]]
+prefix = "old.example.com/team/"
+location = "new.example.com/"
+"#,
+    );
+    assert_plans(
+        &trimmed,
+        [
+            (
+                "example.com/img:1",
+                &[
+                    "docker://mirror.example.net/hub/img:1",
+                    "docker://example.com/img:1",
+                ][..],
+            ),
+            (
+                "old.example.com/team/img:1",
+                &["docker://new.example.com/img:1"],
+            ),
+        ],
+    );
+    assert_refused([
+        (
+            "[[registry]]\nlocation = \"https://example.com\"\n",
+            &[
+                "[[registry]] #1 (location \"https://example.com\")",
+                "location = \"https://example.com\": URI schemes are not supported",
+                "write \"example.com\"",
+            ][..],
+        ),
+        (
+            "[[registry]]\nlocation = \"http://registry.com:5000\"\n",
+            &[
+                "location = \"http://registry.com:5000\"",
+                "write \"registry.com:5000\", with insecure = true for plain HTTP",
+            ],
+        ),
+        (
+            "[[registry]]\nprefix = \"http://schema-is-invalid.com\"\nlocation = \"registry.com:5000\"\n",
+            &[
+                "[[registry]] #1 (prefix \"http://schema-is-invalid.com\")",
+                "prefix = \"http://schema-is-invalid.com\": URI schemes are not supported",
+            ],
+        ),
+        (
+            "[[registry]]\nlocation = \"a.io\"\n[[registry]]\nlocation = \"b.io\"\n[[registry.mirror]]\nlocation = \"https://mirror.b.io/\"\n",
+            &[
+                "[[registry]] #2 (location \"b.io\"), [[registry.mirror]] #1",
+                "location = \"https://mirror.b.io/\": URI schemes are not supported",
+            ],
+        ),
+    ]);
+}
+
+/// postProcessRegistries: `prefix = ""` is unset and falls back to the
+/// location; a table needs a location unless its prefix is a wildcard, and
+/// a mirror always needs one.
+#[test]
+fn an_empty_prefix_is_unset_and_only_a_wildcard_table_may_lack_a_location() {
+    let c = conf("[[registry]]\nprefix = \"\"\nlocation = \"empty-prefix.com\"\ninsecure = true\n");
+    assert_plans(
+        &c,
+        [
+            (
+                "empty-prefix.com/foo:tag",
+                &["docker://empty-prefix.com/foo:tag (http)"][..],
+            ),
+            ("other.com/foo:tag", &["docker://other.com/foo:tag"]),
+        ],
+    );
+    let wildcard = conf("[[registry]]\nprefix = \"*.example.com\"\nblocked = true\n");
+    assert!(denial(&wildcard, "a.example.com/x:1").contains("blocked = true"));
+    assert_refused([
+        (
+            "[[registry]]\ninsecure = true\n",
+            &["[[registry]] #1:", "needs a `prefix` or a `location`"][..],
+        ),
+        (
+            "[[registry]]\nprefix = \"\"\nlocation = \"\"\n",
+            &["needs a `prefix` or a `location`"],
+        ),
+        (
+            "[[registry]]\nprefix = \"docker.io/someone\"\nblocked = true\n",
+            &[
+                "[[registry]] #1 (prefix \"docker.io/someone\")",
+                "it has no `location`",
+                "add location = \"docker.io/someone\"",
+            ],
+        ),
+        (
+            "[[registry]]\nlocation = \"r.io\"\n[[registry.mirror]]\ninsecure = true\n",
+            &[
+                "[[registry]] #1 (location \"r.io\"), [[registry.mirror]] #1",
+                "mirror location is unset",
+            ],
+        ),
+        (
+            "[[registry]]\nlocation = \"r.io\"\n[[registry.mirror]]\nlocation = \"/\"\n",
+            &["[[registry.mirror]] #1", "mirror location is unset"],
+        ),
+    ]);
+}
+
+/// FindRegistry: the longest prefix *as written* wins, so a wildcard counts
+/// the length of its pattern (`*.com` is 5), not of the host it matched;
+/// refMatchingSubdomainPrefix: a wildcard matches at its first occurrence.
+#[test]
+fn tables_rank_by_their_prefix_as_written_so_a_wildcard_counts_its_pattern() {
+    let c = fixture("find-registry.conf");
+    assert_plans(
+        &c,
+        [
+            (
+                "simple-prefix.com/foo/bar:latest",
+                &["docker://registry.com:5000/foo/bar:latest"][..],
+            ),
+            ("other.com/x:1", &["docker://registry.com:5000/x:1"]),
+            (
+                "not.so.simple-prefix.com/x:1",
+                &["docker://subdomain-prefix.com/x:1"],
+            ),
+            (
+                "not.quite.simple-prefix.com/x:1",
+                &["docker://subdomain-prefix-2.com/x:1"],
+            ),
+            (
+                "x.bar.example.com/omg:foo",
+                &["docker://subdomain-prefix-3.com/omg:foo"],
+            ),
+            (
+                "foo.bar.example.com:5000/omg:foo",
+                &["docker://subdomain-prefix-5.com/omg:foo"],
+            ),
+            (
+                "complex-prefix.com:4000/with/path/and/beyond:tag",
+                &["docker://another-registry.com:5000/and/beyond:tag"],
+            ),
+            ("no-prefix.com/foo:tag", &["docker://no-prefix.com/foo:tag"]),
+            (
+                "empty-prefix.com/foo:tag",
+                &["docker://empty-prefix.com/foo:tag"],
+            ),
+            (
+                "abc.internal.registry.net/foo:bar",
+                &["docker://abc.internal.registry.net/foo:bar (http)"],
+            ),
+            // ".com" first occurs in "simple-prefix.comx", before no separator.
+            (
+                "simple-prefix.comx/x:1",
+                &["docker://simple-prefix.comx/x:1"],
+            ),
+        ],
+    );
+    // The file's order does not matter.
+    for text in [
+        "[[registry]]\nprefix = \"*.com\"\nlocation = \"registry.com:5000\"\n\
+         [[registry]]\nprefix = \"simple-prefix.com\"\nlocation = \"plain.example.net\"\n",
+        "[[registry]]\nprefix = \"simple-prefix.com\"\nlocation = \"plain.example.net\"\n\
+         [[registry]]\nprefix = \"*.com\"\nlocation = \"registry.com:5000\"\n",
+    ] {
+        assert_plans(
+            &conf(text),
+            [(
+                "simple-prefix.com/foo/bar:latest",
+                &["docker://plain.example.net/foo/bar:latest"][..],
+            )],
+        );
+    }
+    // Two prefixes of one length that both match: containers/image keeps
+    // its tables sorted by prefix and takes the first, so the wildcard
+    // ("*" sorts before letters) wins.
+    for text in [
+        "[[registry]]\nprefix = \"x.b.com\"\nlocation = \"plain.example.net\"\n\
+         [[registry]]\nprefix = \"*.b.com\"\nlocation = \"wild.example.net\"\n",
+        "[[registry]]\nprefix = \"*.b.com\"\nlocation = \"wild.example.net\"\n\
+         [[registry]]\nprefix = \"x.b.com\"\nlocation = \"plain.example.net\"\n",
+    ] {
+        assert_plans(
+            &conf(text),
+            [("x.b.com/a:1", &["docker://wild.example.net/a:1"][..])],
+        );
+    }
+}
+
+/// rewriteReference: a wildcard table with a location rewrites the host it
+/// matched, for its mirrors and its primary; without a location, it keeps
+/// the reference.
+#[test]
+fn a_wildcard_prefix_with_a_location_rewrites_the_matched_host() {
+    let c = conf(
+        r#"
+[[registry]]
+prefix = "*.io"
+location = "example.com"
+
+[[registry]]
+prefix = "*.example.io"
+location = "example.com"
+
+[[registry]]
+prefix = "*.bar.io"
+location = "omg.bbq.com/roflmao"
+[[registry.mirror]]
+location = "cache.example.net/bar"
+insecure = true
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            (
+                "quay.io/namespace/image:1",
+                &["docker://example.com/namespace/image:1"][..],
+            ),
+            (
+                "sub.example.io/library/prefix/image:1",
+                &["docker://example.com/library/prefix/image:1"],
+            ),
+            (
+                "foo.bar.io/ns1/ns2/ns3/ns4:1",
+                &[
+                    "docker://cache.example.net/bar/ns1/ns2/ns3/ns4:1 (http)",
+                    "docker://omg.bbq.com/roflmao/ns1/ns2/ns3/ns4:1",
+                ],
+            ),
+            (
+                &format!("foo.bar.io/ns@{D}"),
+                &[
+                    &format!("docker://cache.example.net/bar/ns@{D} (http)"),
+                    &format!("docker://omg.bbq.com/roflmao/ns@{D}"),
+                ],
+            ),
+            // docker.io/library/… is matched as containers/image writes it.
+            (
+                "ubuntu:22.04",
+                &["docker://example.com/library/ubuntu:22.04"],
+            ),
+        ],
+    );
+}
+
+/// rewriteReference parses what it rewrote with reference.ParseNamed: a
+/// rewrite that is not a canonical reference fails the pull there, and is
+/// denied here, naming the table.
+#[test]
+fn a_rewrite_that_is_not_a_valid_reference_is_denied_naming_the_table() {
+    let c = conf(
+        r#"
+[[registry]]
+prefix = "docker.io/library"
+location = "docker.io"
+
+[[registry]]
+prefix = "example.com/foo"
+location = "example.com/pinned:v1"
+"#,
+    );
+    for (image, expected) in [
+        (
+            "docker.io/library/image:1",
+            "its canonical form is docker.io/library/image",
+        ),
+        ("example.com/foo/bar:2", "\"example.com/pinned:v1/bar:2\""),
+    ] {
+        let err = denial(&c, image);
+        assert!(
+            err.contains("[[registry]] \"") && err.contains("is not a valid image reference"),
+            "{image}: {err}"
+        );
+        assert!(err.contains(expected), "{image}: {err}");
+    }
+}
+
+/// postProcessRegistries: a search entry is a location (trailing slashes
+/// trimmed, no scheme) that must then be a host[:port] (anchoredDomainRegexp).
+#[test]
+fn search_entries_are_registries_not_namespaces() {
+    let c = conf("unqualified-search-registries = [\"registry-a.com/\"]\n");
+    assert_plans(
+        &c,
+        [(
+            "samtools:1.19",
+            &["docker://registry-a.com/samtools:1.19"][..],
+        )],
+    );
+    let local = conf("unqualified-search-registries = [\"localhost:5000\"]\n");
+    assert_plans(
+        &local,
+        [(
+            "samtools:1.19",
+            &["docker://localhost:5000/samtools:1.19"][..],
+        )],
+    );
+    for entry in [
+        "registry-a.com/namespace",
+        "registry-a.com/ns/",
+        "registry-a.com:port",
+        "",
+        "a b.com",
+    ] {
+        assert_refused([(
+            format!("unqualified-search-registries = [\"{entry}\"]\n").as_str(),
+            &[
+                "unqualified-search-registries:",
+                &format!("{:?} is not a host[:port]", entry),
+            ][..],
+        )]);
+    }
+    assert_refused([(
+        "unqualified-search-registries = [\"https://registry-a.com\"]\n",
+        &["unqualified-search-registries: entry \"https://registry-a.com\": URI schemes"][..],
+    )]);
+}
+
+/// postProcessRegistries: tables that name one registry (one location, or
+/// one wildcard prefix without a location) must agree on `insecure` and
+/// `blocked`; of tables with one prefix, the first is used.
+#[test]
+fn tables_naming_one_registry_must_agree_and_the_first_of_a_prefix_wins() {
+    for (field, a, b) in [("insecure", "false", "true"), ("blocked", "false", "true")] {
+        let text = format!(
+            "[[registry]]\nlocation = \"registry.com\"\n{field} = {a}\n[[registry.mirror]]\nlocation = \"m.example.net\"\n\
+             [[registry]]\nlocation = \"registry.com\"\n{field} = {b}\n"
+        );
+        assert_refused([(
+            text.as_str(),
+            &[
+                "[[registry]] #1 (prefix \"registry.com\") and [[registry]] #2 (prefix \"registry.com\")",
+                "both have location \"registry.com\"",
+                &format!("give them the same `{field}`"),
+            ][..],
+        )]);
+    }
+    // Different prefixes for one registry (to give them different mirrors)
+    // that disagree are refused too.
+    assert_refused([(
+        "[[registry]]\nprefix = \"a.example.com/x\"\nlocation = \"a.example.com\"\n\
+         [[registry]]\nprefix = \"a.example.com/y\"\nlocation = \"a.example.com\"\ninsecure = true\n",
+        &["#1 (prefix \"a.example.com/x\") and [[registry]] #2 (prefix \"a.example.com/y\")"][..],
+    )]);
+    assert_refused([(
+        "[[registry]]\nprefix = \"*.example.com\"\n[[registry]]\nprefix = \"*.example.com\"\nblocked = true\n",
+        &["both have prefix \"*.example.com\"", "`blocked`"][..],
+    )]);
+    // When they agree, they load; one prefix written twice: the first wins,
+    // with its own mirrors.
+    let c = conf(
+        r#"
+[[registry]]
+prefix = "registry.com"
+location = "registry.com"
+[[registry.mirror]]
+location = "first.example.net"
+
+[[registry]]
+prefix = "registry.com"
+location = "registry.com"
+[[registry.mirror]]
+location = "second.example.net"
+
+[[registry]]
+prefix = "registry.com/team"
+location = "registry.com"
+[[registry.mirror]]
+location = "team.example.net"
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            (
+                "registry.com/x:1",
+                &[
+                    "docker://first.example.net/x:1",
+                    "docker://registry.com/x:1",
+                ][..],
+            ),
+            (
+                "registry.com/team/x:1",
+                &["docker://team.example.net/x:1", "docker://registry.com/x:1"],
+            ),
+        ],
+    );
+}
+
+/// parseShortNameValue: an alias value is a registry and a repository, no
+/// tag, digest or transport; Docker Hub names are normalised.
+#[test]
+fn alias_values_are_a_registry_and_a_repository() {
+    let c = conf(
+        r#"
+[aliases]
+"fedora" = "docker.io/fedora"
+"local" = "localhost:5000/namespace/fedora"
+"quay/foo" = "quay.io/library/foo"
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            ("fedora:39", &["docker://fedora:39"][..]),
+            ("local:1", &["docker://localhost:5000/namespace/fedora:1"]),
+            ("quay/foo:1", &["docker://quay.io/library/foo:1"]),
+        ],
+    );
+    for (value, why) in [
+        (
+            "docker.io/library/fedora:latest",
+            "it must not contain a tag",
+        ),
+        (
+            "docker.io/library/fedora@sha256:b87dd5f837112a9e1e9882963a6406387597698268c0ad371b187151a5dfe6bf",
+            "it must not contain a digest",
+        ),
+        ("fedora", "it must contain a registry and a repository"),
+        ("fedora:latest", "it must not contain a tag"),
+        (
+            "library/fedora",
+            "it must contain a registry and a repository",
+        ),
+        ("library/fedora:latest", "it must not contain a tag"),
+        ("$$4455%%", "it cannot be parsed"),
+        ("docker://foo", "it cannot be parsed"),
+        ("docker-archive://foo", "it cannot be parsed"),
+        (" ", "it cannot be parsed"),
+    ] {
+        let text = format!("[aliases]\n\"image\" = {value:?}\n");
+        assert_refused([(
+            text.as_str(),
+            &["[aliases]", &format!("\"image\" = {value:?}: {why}")][..],
+        )]);
+    }
+    // Every bad entry is reported at once.
+    assert_refused([(
+        "[aliases]\nimage1 = \"quay.io/repo/image:1\"\nimage2 = \"image:1\"\n",
+        &[
+            "\"image1\" = \"quay.io/repo/image:1\"",
+            "\"image2\" = \"image:1\"",
+        ][..],
+    )]);
+}
+
+/// validateShortName: an alias name is a repository without a registry,
+/// a tag or a digest.
+#[test]
+fn alias_names_are_short_names() {
+    let c = conf(
+        r#"
+[aliases]
+"library/fedora" = "registry.fedoraproject.org/fedora"
+"1234567489" = "quay.io/numbers/image"
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            (
+                "library/fedora:39",
+                &["docker://registry.fedoraproject.org/fedora:39"][..],
+            ),
+            ("1234567489:1", &["docker://quay.io/numbers/image:1"]),
+        ],
+    );
+    for (name, why) in [
+        ("fedora:latest", "it must not contain a tag"),
+        ("library/fedora:latest", "it must not contain a tag"),
+        ("docker.io/library/fedora", "it must not contain a registry"),
+        ("localhost/fedora", "it must not contain a registry"),
+        (
+            "fedora@sha256:b87dd5f837112a9e1e9882963a6406387597698268c0ad371b187151a5dfe6bf",
+            "it must not contain a digest",
+        ),
+        ("$$4455%%", "it cannot be parsed"),
+        ("docker://foo", "it cannot be parsed"),
+        ("", "it cannot be parsed"),
+    ] {
+        let text = format!("[aliases]\n{name:?} = \"quay.io/a/b\"\n");
+        assert_refused([(
+            text.as_str(),
+            &["[aliases]", &format!("alias name {name:?}: {why}")][..],
+        )]);
+    }
+}
+
+/// newShortNameAliasCache: `name = ""` means no alias, so the short name
+/// goes to the search registries.
+#[test]
+fn an_empty_alias_value_means_no_alias() {
+    let c = conf(
+        "unqualified-search-registries = [\"registry.example.org\"]\n[aliases]\nempty = \"\"\n",
+    );
+    assert_plans(
+        &c,
+        [("empty:1", &["docker://registry.example.org/empty:1"][..])],
+    );
+    let hub = conf("[aliases]\nempty = \"\"\n");
+    assert_plans(&hub, [("empty:1", &["docker://empty:1"][..])]);
+}
+
+// Deliberate deviations from containers/image, each listed in PLUGINS.md.
+
+/// containers/image lets `example.com` (and `*.example.com`) match
+/// `example.com:5000/…`, a different registry, and calls that unintended;
+/// sifr does not, except in a blocked table, so that it never lets through
+/// what containers/image blocks.
+#[test]
+fn a_host_prefix_never_matches_another_port_except_to_block() {
+    let c = conf(
+        r#"
+[[registry]]
+location = "example.com"
+[[registry.mirror]]
+location = "mirror.example.net"
+
+[[registry]]
+prefix = "*.sub.example.io"
+location = "example.net"
+
+[[registry]]
+location = "untrusted.example.com"
+blocked = true
+
+[[registry]]
+prefix = "*.evil.example"
+blocked = true
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            (
+                "example.com:5000/x:1",
+                &["docker://example.com:5000/x:1"][..],
+            ),
+            (
+                "example.com/x:1",
+                &[
+                    "docker://mirror.example.net/x:1",
+                    "docker://example.com/x:1",
+                ],
+            ),
+            (
+                "another.sub.example.io:5000/image:1",
+                &["docker://another.sub.example.io:5000/image:1"],
+            ),
+        ],
+    );
+    for image in [
+        "untrusted.example.com:443/tool:1",
+        "untrusted.example.com/tool:1",
+        "a.evil.example:5000/tool:1",
+    ] {
+        assert!(denial(&c, image).contains("blocked = true"), "{image}");
+    }
+}
+
+/// containers/image defaults to "permissive"; sifr to "enforcing".
+#[test]
+fn short_name_mode_defaults_to_enforcing() {
+    let c = conf("unqualified-search-registries = [\"registry.example.org\", \"docker.io\"]\n");
+    let err = denial(&c, "samtools:1.19");
+    assert!(
+        err.contains("short name \"samtools\" is ambiguous"),
+        "{err}"
+    );
+    let empty = conf(
+        "unqualified-search-registries = [\"registry.example.org\", \"docker.io\"]\nshort-name-mode = \"\"\n",
+    );
+    assert!(denial(&empty, "samtools:1.19").contains("is ambiguous"));
+    assert_refused([(
+        "short-name-mode = \"lenient\"\n",
+        &["short-name-mode = \"lenient\" is not a mode"][..],
+    )]);
+}
+
+/// containers/image ignores unknown keys and converts version 1 files, and
+/// routes a table through its `proxy`; sifr refuses all three, saying what
+/// to do.
+#[test]
+fn unknown_keys_version_1_files_and_proxies_are_refused() {
+    assert_refused([
         (
             "[registries.search]\nregistries = [\"docker.io\"]\n",
-            "version 1 format",
+            &["version 1 format", "convert it"][..],
         ),
         (
             "[[registry]]\nlocation = \"a.io\"\nmirors = []\n",
-            "unknown field `mirors`",
+            &[
+                "unknown field `mirors`",
+                "sifr refuses keys it does not know",
+            ],
         ),
         (
-            "short-name-mode = \"lenient\"\n",
-            "unknown variant `lenient`",
+            "[[registry]]\nlocation = \"registry-a.com\"\nunqualified-search = true\n",
+            &["unknown field `unqualified-search`"],
         ),
         (
-            "[[registry]]\ninsecure = true\n",
-            "needs a `prefix` or a `location`",
+            "[[registry]]\nlocation = \"a.io\"\nproxy = \"http://proxy.example.net:3128\"\n",
+            &[
+                "[[registry]] #1 (location \"a.io\")",
+                "proxy = \"http://proxy.example.net:3128\"",
+                "HTTPS_PROXY",
+            ],
         ),
-        ("[[registry]\n", "registries.conf"),
+        (
+            "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\nproxy = \"socks5://p.example.net\"\n",
+            &[
+                "[[registry.mirror]] #1",
+                "proxy = \"socks5://p.example.net\"",
+            ],
+        ),
+        ("[[registry]\n", &["registries.conf: TOML parse error"]),
+    ]);
+    // What containers/image accepts and sifr has no use for still loads.
+    let c = conf(
+        "credential-helpers = [\"containers-auth.json\"]\nadditional-layer-store-auth-helper = \"helper\"\n",
+    );
+    assert_plans(&c, [("a.io/x:1", &["docker://a.io/x:1"][..])]);
+}
+
+/// containers/image takes a `*` that is not a leading `*.` literally (so
+/// the table never matches) and refuses a wildcard with anything after the
+/// domain; sifr refuses both, with or without a location.
+#[test]
+fn a_wildcard_is_only_a_leading_star_dot_before_a_domain() {
+    for bad in [
+        "example.*.com",
+        "*example.com",
+        "foo.io/*",
+        "**.example.com",
+        "*.",
+        "*.example.com/ns",
+        "*.example.com:5000",
     ] {
-        let err = denial(&conf(text), "a.io/x:1");
-        assert!(
-            err.contains("refused its settings") && err.contains(expect),
-            "{text:?}: {err}"
-        );
+        for location in ["", "location = \"example.com\"\n"] {
+            let text = format!("[[registry]]\nprefix = \"{bad}\"\n{location}");
+            assert_refused([(
+                text.as_str(),
+                &[&format!("[[registry]] #1 (prefix \"{bad}\")"), "wildcard"][..],
+            )]);
+        }
     }
+}
+
+/// containers/image loads any location text and fails every pull it
+/// rewrites; sifr refuses it when it loads.
+#[test]
+fn a_location_that_can_never_be_pulled_is_refused_at_load() {
+    for (location, why) in [
+        ("example.com/Foo", "must be lowercase"),
+        ("exa mple.com", "is not a host[:port]"),
+        ("my_registry/foo", "is not a host[:port]"),
+        ("registry/foo", "reads as a Docker Hub namespace"),
+        ("example.com:port/foo", "is not a host[:port]"),
+        ("example.com//foo", "empty path component"),
+        ("index.docker.io/library", "Docker Hub's old name"),
+    ] {
+        let text = format!("[[registry]]\nprefix = \"example.org\"\nlocation = {location:?}\n");
+        assert_refused([(
+            text.as_str(),
+            &[
+                "[[registry]] #1 (prefix \"example.org\")",
+                &format!("location = {location:?} is not a registry location"),
+                why,
+            ][..],
+        )]);
+    }
+    assert_refused([(
+        "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"Mirror.example.net/Hub\"\n",
+        &["[[registry.mirror]] #1", "must be lowercase"][..],
+    )]);
 }

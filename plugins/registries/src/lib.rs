@@ -12,15 +12,24 @@
 //!
 //! The plan it returns replaces the plan it receives: put it first.
 //!
+//! sifr follows containers/image's `pkg/sysregistriesv2`
+//! (`system_registries_v2.go`, `shortnames.go`) and its `pkg/shortnames`:
+//! a file containers/image refuses when it loads is refused by `configure`,
+//! so sifr fails when it loads the policy (exit 3), not at the first pull of
+//! an image that happens to match. Each rule below names the function it
+//! follows. Where sifr deviates on purpose, the comment says so and why;
+//! PLUGINS.md lists every deviation.
+//!
 //! Semantics (see PLUGINS.md for the full table):
-//! - Exactly one `[[registry]]` applies: the longest `prefix` that matches the
-//!   reference at a separator (`/`, `@`, or `:` after a `/`). `prefix`
-//!   defaults to `location`, and may stop at a host, a namespace, a
-//!   repository, a `:tag` or an `@digest`.
-//! - A prefix `*.example.com` matches any depth of subdomain; no other
-//!   wildcard is valid.
-//! - `location` rewrites the matched prefix. `[[registry.mirror]]` entries
-//!   come first, in order, then the primary location.
+//! - Exactly one `[[registry]]` applies: the one with the longest `prefix`,
+//!   counted as written (`*.com` counts 5), that matches the reference at a
+//!   separator (`/`, `@`, or `:` after a `/`). `prefix` defaults to
+//!   `location`, and may stop at a host, a namespace, a repository, a
+//!   `:tag` or an `@digest`.
+//! - A prefix `*.example.com` matches any depth of subdomain.
+//! - `location` rewrites the matched prefix (for a wildcard, the matched
+//!   host). `[[registry.mirror]]` entries come first, in order, then the
+//!   primary location.
 //! - `mirror-by-digest-only = true`, or per mirror `pull-from-mirror =
 //!   "all" | "digest-only" | "tag-only"` (not both), route tag and digest
 //!   pulls.
@@ -33,11 +42,16 @@
 //!   search registries a short name stays on Docker Hub
 //!   (`docker.io/library/NAME`).
 
+mod reference;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sifr_plugin::{Context, Decision, Guest, ImageRef, PullRef, Source};
+
+/// How messages name the file: the plugin gets its text, not its path.
+const FILE: &str = "registries.conf";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,80 +59,110 @@ struct Settings {
     conf: String,
 }
 
+// Deviation: unknown keys are errors. containers/image ignores them (it
+// logs them at debug level), so a misspelt `mirors` or `blokced` would
+// silently drop a mirror or a block.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Conf {
     #[serde(default)]
     unqualified_search_registries: Vec<String>,
     #[serde(default)]
-    short_name_mode: Option<ShortNameMode>,
+    short_name_mode: String,
     /// Accepted (it is valid v2), but credentials are apptainer's business.
     #[serde(default)]
     #[allow(dead_code)]
     credential_helpers: Vec<String>,
+    /// Accepted (it is valid v2): it feeds podman's additional layer store,
+    /// which apptainer does not use.
+    #[serde(default)]
+    #[allow(dead_code)]
+    additional_layer_store_auth_helper: String,
     #[serde(default)]
     aliases: BTreeMap<String, String>,
     #[serde(default)]
     registry: Vec<Table>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum ShortNameMode {
-    Enforcing,
-    Permissive,
-    Disabled,
-}
-
+/// A `[[registry]]` table as written. Strings default to `""`, which
+/// containers/image treats as unset.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Table {
-    prefix: Option<String>,
-    location: Option<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    location: String,
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
     blocked: bool,
     #[serde(default)]
     mirror_by_digest_only: bool,
+    /// Only valid on a mirror; read here to say so.
     #[serde(default)]
-    mirror: Vec<Mirror>,
+    pull_from_mirror: String,
+    #[serde(default)]
+    proxy: String,
+    #[serde(default)]
+    mirror: Vec<MirrorTable>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Mirror {
+struct MirrorTable {
+    #[serde(default)]
     location: String,
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
-    pull_from_mirror: Option<PullFromMirror>,
+    pull_from_mirror: String,
+    #[serde(default)]
+    proxy: String,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShortNameMode {
+    Enforcing,
+    Permissive,
+    Disabled,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum PullFromMirror {
     All,
     DigestOnly,
     TagOnly,
 }
 
+struct MirrorRule {
+    location: String,
+    insecure: bool,
+    route: PullFromMirror,
+}
+
 /// A validated table.
 struct Rule {
-    /// As written (for messages).
+    /// Its place in the file, from 1, for messages.
+    number: usize,
+    /// Trailing slashes trimmed: what it matches and is ranked by.
     prefix: String,
-    /// `Some(".example.com")` for `*.example.com`.
-    wildcard: Option<String>,
-    location: Option<String>,
+    /// `*.example.com`.
+    wildcard: bool,
+    /// Empty only for a wildcard prefix, which then keeps the reference.
+    location: String,
     insecure: bool,
     blocked: bool,
-    mirrors: Vec<(String, bool, PullFromMirror)>,
+    mirror_by_digest_only: bool,
+    mirrors: Vec<MirrorRule>,
 }
 
 struct Registries {
     search: Vec<String>,
     mode: ShortNameMode,
-    aliases: BTreeMap<String, String>,
+    /// `None`: written as `""`, which means no alias.
+    aliases: BTreeMap<String, Option<String>>,
+    /// One per prefix, the first of each in the file.
     rules: Vec<Rule>,
 }
 
@@ -126,87 +170,386 @@ thread_local! {
     static CONF: RefCell<Option<Registries>> = const { RefCell::new(None) };
 }
 
-fn parse(text: &str) -> Result<Registries, String> {
-    let raw: toml::Table = toml::from_str(text).map_err(|e| format!("registries.conf: {e}"))?;
-    if raw.contains_key("registries") {
-        return Err(
-            "registries.conf: this is the version 1 format ([registries.search], \
-                    [registries.insecure], [registries.block]); sifr reads version 2: \
-                    convert it to unqualified-search-registries and [[registry]] tables"
-                .to_string(),
-        );
+/// `[[registry]] #2 (prefix "example.com")`.
+fn table_name(number: usize, table: &Table) -> String {
+    match (table.prefix.as_str(), table.location.as_str()) {
+        ("", "") => format!("[[registry]] #{number}"),
+        ("", location) => format!("[[registry]] #{number} (location {location:?})"),
+        (prefix, _) => format!("[[registry]] #{number} (prefix {prefix:?})"),
     }
-    let conf: Conf = toml::from_str(text).map_err(|e| format!("registries.conf: {e}"))?;
-    let mut rules = Vec::new();
-    for (i, table) in conf.registry.into_iter().enumerate() {
-        let n = i + 1;
-        let prefix = match (&table.prefix, &table.location) {
-            (Some(p), _) => p.clone(),
-            (None, Some(l)) => l.clone(),
-            (None, None) => {
-                return Err(format!(
-                    "registries.conf: [[registry]] #{n} needs a `prefix` or a `location`"
-                ));
-            }
-        };
-        let wildcard = if let Some(rest) = prefix.strip_prefix("*.") {
-            if rest.is_empty() || rest.contains(['*', '/', ':', '@']) {
-                return Err(format!(
-                    "registries.conf: [[registry]] #{n}: wildcard prefix {prefix:?} must be *.DOMAIN, \
-                     with nothing after the domain"
-                ));
-            }
-            if table.location.is_some() {
-                return Err(format!(
-                    "registries.conf: [[registry]] #{n}: a wildcard prefix ({prefix:?}) cannot have a \
-                     `location`: it would rewrite every subdomain to one place"
-                ));
-            }
-            Some(format!(".{rest}"))
-        } else if prefix.contains('*') {
+}
+
+/// `parseLocation`: trailing slashes are trimmed (`example.com//` is
+/// `example.com`), and a URI scheme is refused (`insecure = true` is how a
+/// file asks for plain HTTP). `key` is how the message names the value.
+fn parse_location(key: &str, value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = trimmed.strip_prefix(scheme) {
+            let http = if scheme == "http://" {
+                ", with insecure = true for plain HTTP"
+            } else {
+                ""
+            };
             return Err(format!(
-                "registries.conf: [[registry]] #{n}: {prefix:?} has a wildcard that is not a leading \
-                 \"*.\"; only *.example.com is allowed"
-            ));
-        } else {
-            None
-        };
-        let any_pull_from_mirror = table.mirror.iter().any(|m| m.pull_from_mirror.is_some());
-        if table.mirror_by_digest_only && any_pull_from_mirror {
-            return Err(format!(
-                "registries.conf: [[registry]] {prefix:?}: pull-from-mirror cannot be used together \
-                 with mirror-by-digest-only = true; keep one"
+                "{key} {value:?}: URI schemes are not supported (containers/image refuses them too); \
+                 write {rest:?}{http}"
             ));
         }
-        let default_route = if table.mirror_by_digest_only {
-            PullFromMirror::DigestOnly
-        } else {
-            PullFromMirror::All
-        };
-        let mirrors = table
-            .mirror
-            .into_iter()
-            .map(|m| {
-                (
-                    m.location,
-                    m.insecure,
-                    m.pull_from_mirror.unwrap_or(default_route),
-                )
-            })
-            .collect();
-        rules.push(Rule {
-            prefix,
-            wildcard,
-            location: table.location,
-            insecure: table.insecure,
-            blocked: table.blocked,
-            mirrors,
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Deviation: a location must be `host[:port][/path]` (a `:tag` or
+/// `@digest` may follow, for a prefix that stops at one). containers/image
+/// loads any text and fails every pull the table rewrites; sifr says so
+/// when it loads the file.
+fn check_location(key: &str, location: &str) -> Result<(), String> {
+    let host = location.split('/').next().unwrap_or_default();
+    let checked = if !reference::is_domain(host) {
+        Err(format!("{host:?} is not a host[:port]"))
+    } else if host == "index.docker.io" {
+        Err(
+            "index.docker.io is Docker Hub's old name; containers/image takes only docker.io \
+             in a rewritten reference"
+                .to_string(),
+        )
+    } else if reference::normalize(&format!("{host}/x")).0 != host {
+        // splitDockerDomain would read it as a Docker Hub namespace.
+        Err(format!(
+            "{host:?} has no `.` or `:` and is not localhost, so it reads as a Docker Hub \
+             namespace, not a registry"
+        ))
+    } else if location.contains('/') {
+        reference::parse(location).map(drop)
+    } else {
+        Ok(())
+    };
+    checked.map_err(|why| {
+        format!(
+            "{key} = {location:?} is not a registry location ({why}); every image rewritten \
+             through it would fail; write host[:port][/namespace…]"
+        )
+    })
+}
+
+fn pull_from_mirror(value: &str) -> Result<Option<PullFromMirror>, String> {
+    match value {
+        "" => Ok(None),
+        "all" => Ok(Some(PullFromMirror::All)),
+        "digest-only" => Ok(Some(PullFromMirror::DigestOnly)),
+        "tag-only" => Ok(Some(PullFromMirror::TagOnly)),
+        other => Err(format!(
+            "pull-from-mirror = {other:?} is not a value containers/image knows; use \"all\", \
+             \"digest-only\" or \"tag-only\""
+        )),
+    }
+}
+
+/// Deviation: sifr cannot send one source through a proxy and the next
+/// directly; apptainer takes its proxy from the environment for every pull.
+/// Ignoring the key would send pulls around the proxy the site asked for.
+fn refuse_proxy(proxy: &str) -> Result<(), String> {
+    if proxy.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "proxy = {proxy:?}: sifr cannot route one registry through a proxy (apptainer takes \
+         its proxy from HTTPS_PROXY / HTTP_PROXY / NO_PROXY in the environment); remove the \
+         key and set those variables for sifr"
+    ))
+}
+
+/// One `[[registry]]` table, checked as `postProcessRegistries` and
+/// `loadConfigFile` check it.
+fn rule(number: usize, table: Table) -> Result<Rule, String> {
+    let name = table_name(number, &table);
+    let at = |message: String| format!("{FILE}: {name}: {message}");
+    let location = parse_location("location =", &table.location).map_err(at)?;
+    refuse_proxy(&table.proxy).map_err(at)?;
+    // postProcessRegistries: `prefix = ""` is unset, and defaults to the
+    // location.
+    let prefix = if table.prefix.is_empty() {
+        if location.is_empty() {
+            return Err(at(
+                "it needs a `prefix` or a `location` (containers/image: \"both location and \
+                 prefix are unset\")"
+                    .to_string(),
+            ));
+        }
+        location.clone()
+    } else {
+        parse_location("prefix =", &table.prefix).map_err(at)?
+    };
+    // loadConfigFile: a wildcard is `*.` and a domain, nothing after it.
+    let wildcard = prefix.starts_with("*.");
+    if wildcard && prefix.contains(['/', '@', ':']) {
+        return Err(at(format!(
+            "wildcard prefix {prefix:?} must be *.DOMAIN, with no namespace, port, tag or \
+             digest after the domain (containers/image refuses it too)"
+        )));
+    }
+    // Deviation: containers/image takes any other `*` literally; no
+    // reference contains one, so such a table never matches and is a
+    // mistake.
+    if prefix.contains('*') && (!wildcard || prefix.len() == 2 || prefix[2..].contains('*')) {
+        return Err(at(format!(
+            "{prefix:?} has a wildcard that is not one leading \"*.\" before a domain; only \
+             *.example.com is a wildcard (a literal `*` never matches a reference)"
+        )));
+    }
+    // postProcessRegistries: only a wildcard table may go without a
+    // location (it then keeps the reference it matched).
+    if !wildcard && location.is_empty() {
+        return Err(at(format!(
+            "it has no `location`, and containers/image refuses that unless the prefix is a \
+             wildcard (*.example.com); add location = {prefix:?}"
+        )));
+    }
+    if !table.pull_from_mirror.is_empty() {
+        return Err(at(format!(
+            "pull-from-mirror = {:?} is set on the registry itself; containers/image allows it \
+             only in [[registry.mirror]] tables: move it there",
+            table.pull_from_mirror
+        )));
+    }
+    if !location.is_empty() {
+        check_location("location", &location).map_err(at)?;
+    }
+    let mut mirrors = Vec::new();
+    for (i, mirror) in table.mirror.into_iter().enumerate() {
+        let at =
+            |message: String| format!("{FILE}: {name}, [[registry.mirror]] #{}: {message}", i + 1);
+        let location = parse_location("location =", &mirror.location).map_err(at)?;
+        refuse_proxy(&mirror.proxy).map_err(at)?;
+        if location.is_empty() {
+            return Err(at(
+                "it has no `location` (containers/image: \"mirror location is unset\")".to_string(),
+            ));
+        }
+        let route = pull_from_mirror(&mirror.pull_from_mirror).map_err(at)?;
+        if table.mirror_by_digest_only && route.is_some() {
+            return Err(at(
+                "pull-from-mirror cannot be used together with mirror-by-digest-only = true on \
+                 the registry (containers/image refuses both); keep one, e.g. \
+                 pull-from-mirror = \"digest-only\" on each mirror"
+                    .to_string(),
+            ));
+        }
+        check_location("location", &location).map_err(at)?;
+        mirrors.push(MirrorRule {
+            location,
+            insecure: mirror.insecure,
+            route: route.unwrap_or(PullFromMirror::All),
         });
     }
+    Ok(Rule {
+        number,
+        prefix,
+        wildcard,
+        location,
+        insecure: table.insecure,
+        blocked: table.blocked,
+        mirror_by_digest_only: table.mirror_by_digest_only,
+        mirrors,
+    })
+}
+
+/// postProcessRegistries: tables that name one registry (one location, or
+/// one wildcard prefix when there is no location) must agree on `insecure`
+/// and `blocked`, or the file is refused.
+fn check_conflicts(rules: &[Rule]) -> Result<(), String> {
+    let key = |r: &Rule| {
+        if r.location.is_empty() {
+            ("prefix", r.prefix.clone())
+        } else {
+            ("location", r.location.clone())
+        }
+    };
+    for (i, a) in rules.iter().enumerate() {
+        for b in &rules[..i] {
+            if key(a) != key(b) {
+                continue;
+            }
+            let (what, value) = key(a);
+            for (field, va, vb) in [
+                ("insecure", a.insecure, b.insecure),
+                ("blocked", a.blocked, b.blocked),
+            ] {
+                if va != vb {
+                    return Err(format!(
+                        "{FILE}: [[registry]] #{} (prefix {:?}) and [[registry]] #{} (prefix {:?}) \
+                         both have {what} {value:?}, with {field} = {vb} and {field} = {va}; \
+                         containers/image refuses the file (\"registry '{value}' is defined \
+                         multiple times with conflicting '{field}' setting\"): give them the \
+                         same `{field}`",
+                        b.number, b.prefix, a.number, a.prefix
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// postProcessRegistries: each search entry is trimmed as a location and
+/// must then be a `host[:port]` (`anchoredDomainRegexp`).
+fn search_registry(entry: &str) -> Result<String, String> {
+    let at = |message: String| format!("{FILE}: unqualified-search-registries: {message}");
+    let registry = parse_location("entry", entry).map_err(at)?;
+    if !reference::is_domain(&registry) {
+        return Err(at(format!(
+            "{entry:?} is not a host[:port]; search entries are registries, not namespaces or \
+             images (containers/image refuses it too); for a namespace, add an [aliases] entry \
+             per short name"
+        )));
+    }
+    Ok(registry)
+}
+
+/// `parseShortNameMode`; an empty value is the default.
+fn short_name_mode(mode: &str) -> Result<ShortNameMode, String> {
+    match mode {
+        // Deviation: containers/image defaults to "permissive", which tries
+        // every search registry when it cannot prompt. sifr never prompts,
+        // and an image that depends on which registry answers first is not
+        // reproducible, so sifr defaults to "enforcing", as podman behaves
+        // with that mode and no terminal.
+        "" | "enforcing" => Ok(ShortNameMode::Enforcing),
+        "permissive" => Ok(ShortNameMode::Permissive),
+        "disabled" => Ok(ShortNameMode::Disabled),
+        other => Err(format!(
+            "{FILE}: short-name-mode = {other:?} is not a mode; use \"enforcing\", \
+             \"permissive\" or \"disabled\""
+        )),
+    }
+}
+
+/// `validateShortName`: an alias name is a repository without a registry,
+/// a tag or a digest.
+fn alias_name(name: &str) -> Result<(), String> {
+    let parsed = reference::parse(name).map_err(|why| format!("it cannot be parsed: {why}"))?;
+    if parsed.digest.is_some() {
+        return Err("it must not contain a digest".to_string());
+    }
+    if parsed.tag.is_some() {
+        return Err("it must not contain a tag".to_string());
+    }
+    if parsed
+        .domain
+        .is_some_and(|d| d.contains(['.', ':']) || d == "localhost")
+    {
+        return Err("it must not contain a registry: an alias names a short name".to_string());
+    }
+    Ok(())
+}
+
+/// `parseShortNameValue`: an alias value is `registry/repository`, without
+/// a tag, a digest or a transport, normalised as Docker Hub names are
+/// (`docker.io/fedora` is `docker.io/library/fedora`).
+fn alias_value(value: &str) -> Result<String, String> {
+    let parsed = reference::parse(value).map_err(|why| format!("it cannot be parsed: {why}"))?;
+    if parsed.digest.is_some() {
+        return Err(
+            "it must not contain a digest (the image's own tag or digest is kept)".to_string(),
+        );
+    }
+    if parsed.tag.is_some() {
+        return Err(
+            "it must not contain a tag (the image's own tag or digest is kept)".to_string(),
+        );
+    }
+    if !parsed
+        .domain
+        .is_some_and(|d| d.contains(['.', ':']) || d == "localhost")
+    {
+        return Err(
+            "it must contain a registry and a repository (e.g. quay.io/ns/name)".to_string(),
+        );
+    }
+    let (domain, repository) = reference::normalize(&parsed.name());
+    Ok(format!("{domain}/{repository}"))
+}
+
+/// `newShortNameAliasCache`: every entry is checked and every bad one
+/// reported at once; `""` as a value means no alias.
+fn aliases(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, Option<String>>, String> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, value) in raw {
+        if let Err(why) = alias_name(&name) {
+            errors.push(format!("alias name {name:?}: {why}"));
+        }
+        if value.is_empty() {
+            out.insert(name, None);
+            continue;
+        }
+        match alias_value(&value) {
+            Ok(target) => {
+                out.insert(name, Some(target));
+            }
+            Err(why) => errors.push(format!("{name:?} = {value:?}: {why}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{FILE}: [aliases]: {} (containers/image refuses these too)",
+            errors.join("; ")
+        ))
+    }
+}
+
+fn parse(text: &str) -> Result<Registries, String> {
+    let raw: toml::Table = toml::from_str(text).map_err(|e| format!("{FILE}: {e}"))?;
+    // Deviation: version 1 files are refused, not converted; the v1 format
+    // has been deprecated since 2019 and cannot say most of what v2 says.
+    if raw.contains_key("registries") {
+        return Err(format!(
+            "{FILE}: this is the version 1 format ([registries.search], \
+             [registries.insecure], [registries.block]); sifr reads version 2: \
+             convert it to unqualified-search-registries and [[registry]] tables"
+        ));
+    }
+    let conf: Conf = toml::from_str(text).map_err(|e| {
+        let hint = if e.message().contains("unknown field") {
+            "; sifr refuses keys it does not know (containers/image ignores them), so that a \
+             misspelt key does not silently drop a mirror or a block: fix or remove it"
+        } else {
+            ""
+        };
+        format!("{FILE}: {e}{hint}")
+    })?;
+    let mut all = Vec::new();
+    for (i, table) in conf.registry.into_iter().enumerate() {
+        all.push(rule(i + 1, table)?);
+    }
+    check_conflicts(&all)?;
+    // postProcessRegistries: of tables with one prefix, the first wins and
+    // the others are dropped (containers/image no longer refuses them).
+    let mut rules: Vec<Rule> = Vec::new();
+    for rule in all {
+        if let Some(first) = rules.iter().find(|r| r.prefix == rule.prefix) {
+            // info, not warn: configure runs again before every decision.
+            sifr_plugin::info(&format!(
+                "{FILE}: [[registry]] #{} has the prefix {:?} of [[registry]] #{}, which wins; \
+                 #{} is ignored, as containers/image ignores it",
+                rule.number, rule.prefix, first.number, rule.number
+            ));
+            continue;
+        }
+        rules.push(rule);
+    }
+    let search = conf
+        .unqualified_search_registries
+        .iter()
+        .map(|entry| search_registry(entry))
+        .collect::<Result<_, _>>()?;
     Ok(Registries {
-        search: conf.unqualified_search_registries,
-        mode: conf.short_name_mode.unwrap_or(ShortNameMode::Enforcing),
-        aliases: conf.aliases,
+        search,
+        mode: short_name_mode(&conf.short_name_mode)?,
+        aliases: aliases(conf.aliases)?,
         rules,
     })
 }
@@ -227,110 +570,187 @@ impl Candidate {
     }
 }
 
-/// How much of `reference` the prefix matches, if it matches at a separator.
-/// `:` counts only after a `/`, so `example.com` never matches `example.com:5000`.
-fn prefix_match(reference: &str, rule: &Rule) -> Option<usize> {
-    if let Some(domain) = &rule.wildcard {
-        let host = reference.split('/').next().unwrap_or_default();
-        return (host.len() > domain.len() && host.ends_with(domain.as_str()))
-            .then_some(host.len());
+impl Rule {
+    /// Where the match ends in `reference`, if this table matches it.
+    ///
+    /// `refMatchingPrefix`: the prefix, then the end or a separator.
+    /// `refMatchingSubdomainPrefix` for `*.example.com`: the first
+    /// `.example.com`, with no `/` before it, then the end or a separator;
+    /// the match ends with the host.
+    ///
+    /// Deviation: containers/image counts `:` as a separator after any
+    /// prefix, so `example.com` (and `*.example.com`) match
+    /// `example.com:5000/…`, a different registry; it calls that unintended
+    /// ("DON'T RELY ON THE CURRENT BEHAVIOR"), and a rewrite or a mirror
+    /// then points at a wrong port. sifr counts `:` only after a `/` (where
+    /// it starts a tag), except in a blocked table: sifr never lets an image
+    /// through that containers/image blocks.
+    fn matches(&self, reference: &str) -> Option<usize> {
+        let end = if self.wildcard {
+            let domain = &self.prefix[1..];
+            let at = reference.find(domain)?;
+            if reference[..at].contains('/') {
+                return None;
+            }
+            at + domain.len()
+        } else {
+            if self.prefix.is_empty() || !reference.starts_with(self.prefix.as_str()) {
+                return None;
+            }
+            self.prefix.len()
+        };
+        match reference[end..].chars().next() {
+            None | Some('/' | '@') => Some(end),
+            Some(':') if self.blocked || (!self.wildcard && self.prefix.contains('/')) => Some(end),
+            _ => None,
+        }
     }
-    let prefix = rule.prefix.as_str();
-    if reference == prefix {
-        return Some(prefix.len());
+
+    fn label(&self) -> String {
+        format!("[[registry]] {:?}", self.prefix)
     }
-    let rest = reference.strip_prefix(prefix)?;
-    let ok = rest.starts_with('/')
-        || rest.starts_with('@')
-        || (rest.starts_with(':') && prefix.contains('/'));
-    ok.then_some(prefix.len())
 }
 
-/// Split `host/repo[:tag|@digest]` back into a source.
-fn source(full: &str, plain_http: bool, note: String) -> Source {
-    let (name, reference) = match full.rsplit_once('@') {
-        Some((name, digest)) => (name, PullRef::Digest(digest.to_string())),
-        None => {
-            let slash = full.rfind('/').map_or(0, |i| i + 1);
-            match full[slash..].rfind(':') {
-                Some(i) => (
-                    &full[..slash + i],
-                    PullRef::Tag(full[slash + i + 1..].to_string()),
-                ),
-                None => (full, PullRef::Tag("latest".to_string())),
-            }
-        }
+/// The rewritten reference as a source, if containers/image could pull it:
+/// `rewriteReference` parses it with `reference.ParseNamed`, which takes
+/// only a canonical name (an explicit registry, Docker Hub names in
+/// `docker.io/library/…`).
+fn rewritten_source(
+    full: &str,
+    rule: &Rule,
+    plain_http: bool,
+    note: String,
+) -> Result<Source, String> {
+    let invalid = |why: String| {
+        format!(
+            "{} rewrites this image to {full:?}, which is not a valid image reference ({why}); \
+             containers/image fails the pull too: fix that table's location in {FILE}",
+            rule.label()
+        )
     };
-    let (registry, repository) = name.split_once('/').unwrap_or((name, ""));
-    Source {
-        registry: registry.to_string(),
-        repository: repository.to_string(),
+    let parsed = reference::parse(full).map_err(invalid)?;
+    let name = parsed.name();
+    let (domain, repository) = reference::normalize(&name);
+    if format!("{domain}/{repository}") != name {
+        return Err(invalid(format!(
+            "its canonical form is {domain}/{repository}"
+        )));
+    }
+    let reference = match (parsed.digest, parsed.tag) {
+        (Some(digest), _) => PullRef::Digest(digest.to_string()),
+        (None, Some(tag)) => PullRef::Tag(tag.to_string()),
+        (None, None) => PullRef::Tag("latest".to_string()),
+    };
+    Ok(Source {
+        registry: domain,
+        repository,
         reference,
         plain_http,
         note,
+    })
+}
+
+/// The origin alone, for a candidate no table matches.
+fn origin(candidate: &Candidate) -> Source {
+    let (registry, repository) = candidate
+        .name
+        .split_once('/')
+        .unwrap_or((&candidate.name, ""));
+    Source {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        reference: candidate.reference.clone(),
+        plain_http: false,
+        note: "origin (no [[registry]] matches)".to_string(),
     }
 }
 
 impl Registries {
-    /// The sources for one qualified candidate, or the reason it is blocked.
+    /// `FindRegistry`: of the tables that match, the one with the longest
+    /// prefix as written (so `*.com` counts 5, whatever host it matched).
+    /// containers/image keeps the tables sorted by prefix and takes the
+    /// first of equal length, so the smaller prefix wins a tie (`*.b.com`
+    /// over `x.b.com`).
+    fn find(&self, reference: &str) -> Option<(&Rule, usize)> {
+        let mut best: Option<(&Rule, usize)> = None;
+        for rule in &self.rules {
+            let Some(end) = rule.matches(reference) else {
+                continue;
+            };
+            let wins = best.is_none_or(|(b, _)| {
+                (rule.prefix.len(), std::cmp::Reverse(&rule.prefix))
+                    > (b.prefix.len(), std::cmp::Reverse(&b.prefix))
+            });
+            if wins {
+                best = Some((rule, end));
+            }
+        }
+        best
+    }
+
+    /// `PullSourcesFromReference`: the sources for one qualified candidate,
+    /// or the reason it is refused.
     fn sources(&self, candidate: &Candidate) -> Result<Vec<Source>, String> {
         let full = candidate.full();
-        let best = self
-            .rules
-            .iter()
-            .filter_map(|rule| prefix_match(&full, rule).map(|len| (len, rule)))
-            .max_by_key(|(len, _)| *len);
-        let Some((len, rule)) = best else {
-            return Ok(vec![source(
-                &full,
-                false,
-                "origin (no [[registry]] matches)".to_string(),
-            )]);
+        let Some((rule, end)) = self.find(&full) else {
+            return Ok(vec![origin(candidate)]);
         };
         if rule.blocked {
             return Err(format!(
-                "{full} is blocked by registries.conf: [[registry]] prefix = {:?} has blocked = true",
+                "{full} is blocked by {FILE}: [[registry]] prefix = {:?} has blocked = true",
                 rule.prefix
             ));
         }
-        let rest = &full[len..];
+        let rest = &full[end..];
         let digest = matches!(candidate.reference, PullRef::Digest(_));
         let mut out = Vec::new();
-        for (location, insecure, route) in &rule.mirrors {
-            let used = match route {
-                PullFromMirror::All => true,
-                PullFromMirror::DigestOnly => digest,
-                PullFromMirror::TagOnly => !digest,
+        for mirror in &rule.mirrors {
+            let used = if rule.mirror_by_digest_only {
+                digest
+            } else {
+                match mirror.route {
+                    PullFromMirror::All => true,
+                    PullFromMirror::DigestOnly => digest,
+                    PullFromMirror::TagOnly => !digest,
+                }
             };
             if used {
-                out.push(source(
-                    &format!("{location}{rest}"),
-                    *insecure,
-                    format!("mirror of [[registry]] {:?} (registries.conf)", rule.prefix),
-                ));
+                out.push(rewritten_source(
+                    &format!("{}{rest}", mirror.location),
+                    rule,
+                    mirror.insecure,
+                    format!("mirror of {} ({FILE})", rule.label()),
+                )?);
             }
         }
-        let primary = match &rule.location {
-            Some(location) => format!("{location}{rest}"),
-            None => full.clone(),
-        };
-        let note = if rule.location.as_deref().is_some_and(|l| l != rule.prefix) {
-            format!(
-                "{:?} rewritten to {:?} (registries.conf)",
-                rule.prefix,
-                rule.location.as_deref().unwrap_or_default()
+        // rewriteReference: a wildcard table without a location keeps the
+        // reference as it is.
+        let (primary, note) = if rule.location.is_empty() {
+            (
+                full.clone(),
+                format!("primary of {} ({FILE})", rule.label()),
+            )
+        } else if rule.location == rule.prefix {
+            (
+                format!("{}{rest}", rule.location),
+                format!("primary of {} ({FILE})", rule.label()),
             )
         } else {
-            format!(
-                "primary of [[registry]] {:?} (registries.conf)",
-                rule.prefix
+            (
+                format!("{}{rest}", rule.location),
+                format!(
+                    "{:?} rewritten to {:?} ({FILE})",
+                    rule.prefix, rule.location
+                ),
             )
         };
-        out.push(source(&primary, rule.insecure, note));
+        out.push(rewritten_source(&primary, rule, rule.insecure, note)?);
         Ok(out)
     }
 
-    /// The qualified candidates for `image`, or why a short name is refused.
+    /// The qualified candidates for `image`, or why a short name is refused
+    /// (containers/image's `pkg/shortnames`: an alias, else the search
+    /// registries).
     fn candidates(
         &self,
         image: &ImageRef,
@@ -344,18 +764,30 @@ impl Registries {
         let Some(short) = short_name else {
             return Ok(vec![qualified]);
         };
-        if let Some(target) = self.aliases.get(short) {
-            sifr_plugin::info(&format!("alias {short} = {target:?} (registries.conf)"));
-            return Ok(vec![Candidate {
-                name: target.clone(),
-                reference,
-            }]);
+        match self.aliases.get(short) {
+            Some(Some(target)) => {
+                sifr_plugin::info(&format!("alias {short} = {target:?} ({FILE})"));
+                return Ok(vec![Candidate {
+                    name: target.clone(),
+                    reference,
+                }]);
+            }
+            Some(None) => {
+                sifr_plugin::info(&format!(
+                    "alias {short} = \"\" ({FILE}): no alias, so the search registries apply"
+                ));
+            }
+            None => {}
         }
         match self.search.len() {
+            // Deviation: containers/image refuses a short name when there
+            // is neither an alias nor a search registry. sifr's meaning of
+            // a short name, as docker's and apptainer's, is Docker Hub; a
+            // file that lists no search registries leaves it so.
             0 => Ok(vec![qualified]),
             1 => Ok(vec![search_candidate(&self.search[0], short, &reference)]),
             _ if self.mode == ShortNameMode::Enforcing => Err(format!(
-                "short name {short:?} is ambiguous: registries.conf lists {} unqualified-search-registries \
+                "short name {short:?} is ambiguous: {FILE} lists {} unqualified-search-registries \
                  and short-name-mode is \"enforcing\" (sifr never prompts); write the full reference \
                  (e.g. {}/{short}) or add an [aliases] entry",
                 self.search.len(),
@@ -370,21 +802,12 @@ impl Registries {
     }
 }
 
-/// `registry/short`, with Docker Hub's `library/` for single names.
+/// `registry/short`, normalised as `reference.ParseNormalizedNamed` does
+/// (Docker Hub's single names get `library/`).
 fn search_candidate(registry: &str, short: &str, reference: &PullRef) -> Candidate {
-    let hub = matches!(
-        registry,
-        "docker.io" | "index.docker.io" | "registry-1.docker.io"
-    );
-    let name = if hub && !short.contains('/') {
-        format!("docker.io/library/{short}")
-    } else if hub {
-        format!("docker.io/{short}")
-    } else {
-        format!("{registry}/{short}")
-    };
+    let (domain, repository) = reference::normalize(&format!("{registry}/{short}"));
     Candidate {
-        name,
+        name: format!("{domain}/{repository}"),
         reference: reference.clone(),
     }
 }
@@ -412,17 +835,17 @@ impl Guest for RegistriesPolicy {
                 Err(reason) => return Decision::Deny(reason),
             };
             let mut plan = Vec::new();
-            let mut blocked = None;
+            let mut refused = None;
             for candidate in &candidates {
                 match conf.sources(candidate) {
                     Ok(sources) => plan.extend(sources),
                     Err(reason) => {
                         sifr_plugin::info(&reason);
-                        blocked.get_or_insert(reason);
+                        refused.get_or_insert(reason);
                     }
                 }
             }
-            match (plan.is_empty(), blocked) {
+            match (plan.is_empty(), refused) {
                 (true, Some(reason)) => Decision::Deny(reason),
                 _ => Decision::Plan(plan),
             }
