@@ -43,7 +43,7 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    use super::test_support::{DEFAULT_OUTPUT, SIF_TOOLS, busybox_layout, run_ok, tools_present};
+    use super::test_support::{DEFAULT_OUTPUT, SIF_TOOLS, busybox_layout, require_tools, run_ok};
     use super::workdir::WorkDir;
     use super::*;
     use crate::action::{SIF_LAUNCH, SIF_LAUNCH_LEN, SIF_MAGIC};
@@ -53,10 +53,12 @@ mod tests {
     /// `exec` unpack and run in bubblewrap, passing the exit code through
     /// and leaving no scratch files.
     #[test]
+    #[cfg_attr(
+        not(sifr_e2e),
+        ignore = "needs skopeo umoci squashfs-tools siftool bubblewrap busybox-static docker-registry, or SIFR_E2E=1"
+    )]
     fn a_layout_becomes_a_sif_that_runs() {
-        if !tools_present("a_layout_becomes_a_sif_that_runs", SIF_TOOLS) {
-            return;
-        }
+        require_tools(SIF_TOOLS);
         let work = WorkDir::new(None).unwrap();
         let layout = busybox_layout(work.path(), "1");
         let scratch = work.path().join("scratch");

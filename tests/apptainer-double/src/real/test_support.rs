@@ -2,13 +2,13 @@
 //! `tests/real_backend.rs` (which includes this file with `#[path]`), so it
 //! uses nothing but std.
 //!
-//! The tests need the real tools. Without them a test prints a notice and
-//! passes as skipped; under `SIFR_E2E=1` (how sifr's CI runs, with the
-//! tools installed) a missing tool fails it instead, as sifr's own
-//! end-to-end tests do.
+//! The tests need the real tools. `build.rs` compiles them as ignored
+//! unless every tool is on PATH or `SIFR_E2E=1` (how sifr's CI runs, with
+//! the tools installed), as sifr's own end-to-end tests are; a test that
+//! runs checks for its tools and fails, naming the packages, when one is
+//! missing.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -38,31 +38,21 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Whether `test` can run: all `tools` are on `PATH`. If not, under
-/// `SIFR_E2E=1` this panics naming the packages to install; otherwise it
-/// prints a notice and returns false, and the test should return.
-pub fn tools_present(test: &str, tools: &[(&str, &str)]) -> bool {
+/// Fail, naming the Debian packages to install, unless all `tools` are on
+/// `PATH`. A test that runs at all is meant to run (see `build.rs`), so a
+/// missing tool is a failure, never a silent pass.
+pub fn require_tools(tools: &[(&str, &str)]) {
     let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(program, _)| on_path(program).is_none())
         .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
     missing.dedup();
-    let packages = missing.join(" ");
     assert!(
-        std::env::var_os("SIFR_E2E").is_none_or(|value| value != "1"),
-        "{test} needs these Debian packages (SIFR_E2E=1 requires them): apt-get install {packages}"
+        missing.is_empty(),
+        "this test needs these Debian packages: apt-get install {}",
+        missing.join(" ")
     );
-    // Through the handle, not eprintln!, which the test harness captures:
-    // a skip should be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs the Debian packages {packages}"
-    );
-    false
 }
 
 /// Run `command`; panic with its output unless it succeeds.
