@@ -8,7 +8,7 @@ use std::env;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::failure::{Failure, go_error_text};
@@ -24,11 +24,14 @@ pub const REQUIRE_ENV_VAR: &str = "APPTAINER_DOUBLE_REQUIRE_ENV";
 pub const BACKEND_VAR: &str = "APPTAINER_DOUBLE_BACKEND";
 pub const TMPDIR_VAR: &str = "APPTAINER_DOUBLE_TMPDIR";
 pub const CERT_DIR_VAR: &str = "APPTAINER_DOUBLE_CERT_DIR";
+pub const PID_FILE_VAR: &str = "APPTAINER_DOUBLE_PID_FILE";
+pub const HOLD_VAR: &str = "APPTAINER_DOUBLE_HOLD";
+pub const HELPER_VAR: &str = "APPTAINER_DOUBLE_HELPER";
 
 /// Controls that shape how the fake backend writes its file. The real
 /// backend has no such file to shape, so it refuses them rather than
 /// silently ignore them.
-const FAKE_PULL_VARS: &[&str] = &[SLEEP_VAR, DIE_VAR, STDERR_LINES_VAR, SIZE_VAR];
+const FAKE_PULL_VARS: &[&str] = &[SLEEP_VAR, DIE_VAR, STDERR_LINES_VAR, SIZE_VAR, HELPER_VAR];
 
 const DEFAULT_VERSION: &str = "1.4.1";
 const DEFAULT_SIZE: u64 = 64 * 1024;
@@ -74,6 +77,13 @@ pub struct Controls {
     /// Certificates for the real backend's registry connections, as
     /// `skopeo --src-cert-dir` takes them (`*.crt`, `*.cert`, `*.key`).
     pub cert_dir: Option<PathBuf>,
+    /// A pull waits, once under way, until this file exists: a test holds
+    /// a pull in progress for as long as it needs, instead of guessing
+    /// with a sleep how long the pull must take.
+    pub hold: Option<PathBuf>,
+    /// Whether a pull starts a helper process that lives as long as the
+    /// pull, as apptainer's pulls run helpers (mksquashfs and the like).
+    pub helper: bool,
 }
 
 impl Controls {
@@ -113,6 +123,8 @@ impl Controls {
                 .collect(),
             tmpdir: path_var(TMPDIR_VAR),
             cert_dir: path_var(CERT_DIR_VAR),
+            hold: path_var(HOLD_VAR),
+            helper: flag(HELPER_VAR)?,
         })
     }
 }
@@ -146,6 +158,34 @@ pub fn log_invocation(args: &[OsString]) -> Result<(), Failure> {
                 go_error_text(&err)
             ))
         })
+}
+
+/// Append `pid` to the file named by `APPTAINER_DOUBLE_PID_FILE`, one per
+/// line, so a test can check that every process the double started is gone.
+/// Each invocation records its own pid before anything else is checked.
+pub fn record_pid(pid: u32) -> Result<(), Failure> {
+    let Some(path) = path_var(PID_FILE_VAR) else {
+        return Ok(());
+    };
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(format!("{pid}\n").as_bytes()))
+        .map_err(|err| {
+            Failure::fatal(format!(
+                "apptainer test double: cannot append to {PID_FILE_VAR}={}: {}",
+                path.display(),
+                go_error_text(&err)
+            ))
+        })
+}
+
+/// Wait until the file `hold` names exists (see [`Controls::hold`]).
+pub fn wait_for_release(hold: &Path) {
+    while !hold.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A set, non-empty, UTF-8 variable.

@@ -21,8 +21,9 @@
 //! tests.
 //!
 //! Tests steer it with `APPTAINER_DOUBLE_*` environment variables (see
-//! [`HELP`] and [`controls`]): choose the backend, log each argv, fail or
-//! slow down a pull, kill a pull midway, set the version and the image size.
+//! [`HELP`] and [`controls`]): choose the backend, log each argv and pid,
+//! fail, slow down or hold a pull, kill a pull midway, give it a helper
+//! process, set the version and the image size.
 //!
 //! Exit codes follow apptainer: 0 on success, 1 for a usage error (cobra),
 //! 255 for a `FATAL:` error (sylog), and for `run`/`exec` whatever the
@@ -103,11 +104,17 @@ Controls (environment; empty means unset):
   APPTAINER_DOUBLE_REQUIRE_ENV=K=V,K2
                                    a pull fails (exit 255, unauthorized) unless its
                                    environment has K=V and K2 set to anything
+  APPTAINER_DOUBLE_PID_FILE=PATH   append each invocation's process id (and its
+                                   helper's) to PATH, one per line
+  APPTAINER_DOUBLE_HOLD=PATH       a pull, once under way (fake: its file begun),
+                                   waits until PATH exists
  fake backend only (a real pull refuses them):
   APPTAINER_DOUBLE_SLEEP_MS=N      a pull takes N ms, spread over its writes
   APPTAINER_DOUBLE_DIE=1           a pull writes half its file, then SIGKILLs itself
   APPTAINER_DOUBLE_STDERR_LINES=N  a pull prints N extra progress lines to stderr
   APPTAINER_DOUBLE_SIZE=N          size in bytes of a pulled file (default 65536)
+  APPTAINER_DOUBLE_HELPER=1        a pull runs a helper process (`sleep`) that
+                                   lives until the pull ends
  real backend only:
   APPTAINER_DOUBLE_TMPDIR=DIR      where scratch directories go (default: $TMPDIR
                                    or /tmp); each is removed when done
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Failure> {
     let raw_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     controls::log_invocation(&raw_args)?;
+    controls::record_pid(std::process::id())?;
     let controls = Controls::from_env()?;
     let args = raw_args
         .into_iter()

@@ -13,13 +13,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::process::{self, Command};
+use std::process::{self, Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::action::{SIF_LAUNCH, SIF_LAUNCH_LEN, SIF_MAGIC};
 use crate::cli::PullArgs;
-use crate::controls::{Controls, REQUIRE_ENV_VAR};
+use crate::controls::{Controls, REQUIRE_ENV_VAR, record_pid, wait_for_release};
 use crate::failure::{Failure, go_error_text};
 
 /// The largest single write.
@@ -133,6 +133,11 @@ fn write_image(out: &str, uri: &str, controls: &Controls) -> io::Result<()> {
     let mut pacer = Pacer::new(controls.pull_time, total);
     let mut progress = Progress::new(controls.progress_lines, total);
 
+    let _helper = if controls.helper {
+        Some(Helper::start()?)
+    } else {
+        None
+    };
     let mut file = File::create(out)?;
     let mut buf = vec![0; usize::try_from(chunk_len).unwrap_or(usize::MAX)];
     let mut written = 0;
@@ -141,6 +146,11 @@ fn write_image(out: &str, uri: &str, controls: &Controls) -> io::Result<()> {
         let chunk = &mut buf[..usize::try_from(len).unwrap_or(usize::MAX)];
         image.fill(chunk);
         file.write_all(chunk)?;
+        if written == 0
+            && let Some(hold) = &controls.hold
+        {
+            wait_for_release(hold);
+        }
         written += len;
         progress.report(written);
         pacer.wait(written);
@@ -150,6 +160,33 @@ fn write_image(out: &str, uri: &str, controls: &Controls) -> io::Result<()> {
         die_by_sigkill();
     }
     Ok(())
+}
+
+/// A helper process (`sleep`) that lives as long as the pull: stopped when
+/// the pull ends, left running if the pull is killed, as a killed
+/// apptainer leaves its helpers. Its pid goes to the pid file.
+struct Helper(Child);
+
+impl Helper {
+    fn start() -> io::Result<Self> {
+        // Not on the pull's streams: a caller reading them to their end
+        // must not wait for the helper.
+        let child = Command::new("sleep")
+            .arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        record_pid(child.id()).map_err(|failure| io::Error::other(format!("{failure:?}")))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn nanos_since_epoch() -> u128 {

@@ -14,7 +14,7 @@ use super::signals;
 use super::tool::{MKSQUASHFS, SKOPEO, UMOCI};
 use super::workdir::{PendingFile, WorkDir};
 use crate::cli::{PullArgs, PullOptions};
-use crate::controls::{BACKEND_VAR, Controls};
+use crate::controls::{BACKEND_VAR, Controls, wait_for_release};
 use crate::failure::Failure;
 use crate::pull::{check_access, check_destination_and_transport, info};
 
@@ -38,6 +38,9 @@ pub fn pull(args: &PullArgs, controls: &Controls) -> Result<(), Failure> {
         args.uri
     ));
     check_access(&args.uri, controls)?;
+    if let Some(hold) = &controls.hold {
+        wait_for_release(hold);
+    }
     signals::install();
     // Everything scratch is gone once this returns, so a signal that cut the
     // pull short can now end the process.
