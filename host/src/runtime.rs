@@ -1,7 +1,7 @@
 //! Pull and run through the policy and the cache: what `sifr pull`, `run`
 //! and `exec` do, as a library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -150,7 +150,7 @@ impl Runtime {
     ) -> Result<Pulled, Error> {
         let mut ctx = Context::new(purpose);
         let identity = Identity::of(image, &ctx.arch);
-        let cache_err = |e| Error::io(format!("cache at {}", self.cache.root().display()), e);
+        let cache_err = |e| cache_error(self.cache.root(), e);
 
         let mut hashing = |done, total| progress(Progress::Hashing { done, total });
         let first = self
@@ -240,6 +240,14 @@ impl Runtime {
                 }
                 Err(failure) => {
                     self.cache.discard_temp(&tmp_name);
+                    // The next source would fill the same disk.
+                    if ran_out_of_space_in(self.cache.root(), &failure) {
+                        let enospc = rustix::io::Errno::NOSPC.raw_os_error();
+                        return Err(cache_error(
+                            self.cache.root(),
+                            std::io::Error::from_raw_os_error(enospc),
+                        ));
+                    }
                     let next = plan.get(i + 1).map(|s| s.uri());
                     progress(Progress::Fallback {
                         uri: &uri,
@@ -295,10 +303,77 @@ impl Runtime {
     }
 }
 
+/// An I/O error in the cache, saying what to do when it is full.
+fn cache_error(root: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    let root = root.display();
+    if matches!(e.kind(), StorageFull | QuotaExceeded) {
+        return Error::io(
+            format!(
+                "the cache at {root} is out of space; free space there \
+                 (e.g. `sifr cache prune --max-size 20GiB`) or point SIFR_CACHE_DIR at a \
+                 filesystem with room"
+            ),
+            e,
+        );
+    }
+    Error::io(format!("cache at {root}"), e)
+}
+
+/// Whether apptainer failed because the cache ran out of space: it says
+/// so about a file in the cache (its out-of-space elsewhere, in its own
+/// temporary or cache directories, is left to the attempt's message).
+fn ran_out_of_space_in(root: &Path, failure: &AttemptFailure) -> bool {
+    let AttemptFailure::Failed { tail, .. } = failure else {
+        return false;
+    };
+    let root = root.display().to_string();
+    tail.iter().any(|line| {
+        let lower = line.to_ascii_lowercase();
+        (lower.contains("no space left on device") || lower.contains("disk quota exceeded"))
+            && line.contains(&root)
+    })
+}
+
 fn warn_corrupt(entry: &Entry, actual: &str, progress: &mut dyn FnMut(Progress<'_>)) {
     let message = format!(
         "the cached SIF of {} was changed on disk (expected {}, found {actual}); it was evicted and will be pulled again",
         entry.image, entry.sif_digest
     );
     progress(Progress::Warning { message: &message });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_out_of_space_in_the_cache_is_the_cache_being_full() {
+        let failed = |line: &str| AttemptFailure::Failed {
+            status: "exited with status 255".into(),
+            tail: vec!["INFO:    Starting build...".into(), line.into()],
+        };
+        let root = Path::new("/shared/sifr");
+        assert!(ran_out_of_space_in(
+            root,
+            &failed(
+                "FATAL:   while building SIF: write /shared/sifr/tmp/ab-1-0.sif: no space left on device"
+            )
+        ));
+        // apptainer's own temporary directory is not the cache.
+        assert!(!ran_out_of_space_in(
+            root,
+            &failed("FATAL:   write /tmp/build-temp-1/rootfs/x: no space left on device")
+        ));
+        assert!(!ran_out_of_space_in(
+            root,
+            &failed("FATAL:   /shared/sifr/tmp/ab-1-0.sif: connection refused")
+        ));
+        let err = cache_error(root, std::io::Error::from_raw_os_error(28)).to_string();
+        assert!(
+            err.starts_with("the cache at /shared/sifr is out of space; free space there")
+                && err.contains("SIFR_CACHE_DIR"),
+            "{err}"
+        );
+    }
 }
