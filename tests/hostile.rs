@@ -3,8 +3,13 @@
 //! happened, and the host keeps working for the next call.
 
 mod common;
+mod components;
 
-use common::{Scratch, entry, plugin_wasm};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Scratch, entry, plugin_wasm, stderr, stdout};
 use sifr::policy::{LogLevel, StepOutcome};
 use sifr::{
     Config, ConfigSources, Context, Error, FailureKind, ImageRef, Outcome, PluginLoadError, Policy,
@@ -171,7 +176,7 @@ fn an_oversized_note_is_refused() {
         entry(
             "rogue",
             &wasm,
-            "[plugin.settings]\nmode = \"huge-string\"\nbytes = 1048576",
+            "[plugin.settings]\nmode = \"huge-string\"\nbytes = 600",
         )
     );
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
@@ -180,11 +185,11 @@ fn an_oversized_note_is_refused() {
         .resolve(&image(), &Context::new(Purpose::Pull))
         .outcome
     else {
-        panic!("a 1 MiB note was accepted");
+        panic!("a 600-byte note was accepted");
     };
     assert_eq!(
         f.kind,
-        FailureKind::InvalidOutput("source #1: a note of 1048576 bytes (at most 512)".into())
+        FailureKind::InvalidOutput("source #1: a note of 600 bytes (at most 512)".into())
     );
 }
 
@@ -218,7 +223,7 @@ fn other_invalid_output_is_refused() {
         ("shell-repository", "repository \"library/ubuntu;reboot\""),
         ("bad-digest", "digest \"sha256:ABC\""),
         ("empty-plan", "an empty plan"),
-        ("many-sources", "a plan of 10000 sources"),
+        ("many-sources", "a plan of 100 sources (at most 32)"),
     ] {
         let f = failure(mode);
         let FailureKind::InvalidOutput(why) = &f.kind else {
@@ -323,19 +328,581 @@ fn stdout_stderr_and_logs_are_captured_and_capped() {
     let logs = &resolution.steps[0].logs;
     let messages: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
     assert_eq!(messages[0], "log line 0");
-    assert!(
-        messages.contains(&"[stdout] hello on stdout"),
-        "{messages:?}"
-    );
-    assert!(
-        messages.contains(&"[stderr] hello on stderr"),
-        "{messages:?}"
-    );
+    assert_eq!(messages[255], "log line 255");
     let dropped = logs.last().unwrap();
     assert_eq!(dropped.level, LogLevel::Warn);
+    // 10,000 `log` lines and one line each on stdout and stderr share the
+    // cap of 256 a call.
     assert_eq!(
         dropped.message,
-        "9744 more log lines were dropped (at most 256 a call)"
+        "9746 more log lines were dropped (at most 256 a call, stdout and stderr included)"
     );
     assert!(matches!(resolution.outcome, Outcome::Plan(_)));
+}
+
+// ---------------------------------------------------------------------------
+// Attacks on the limits themselves: each test below fails if the limit it
+// names does not hold.
+
+/// Run `f` on a thread and fail the test if it has not returned after
+/// `limit`: the attacks below block for an hour when a deadline does not
+/// hold, and the test must say so rather than hang.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still running after {limit:?}: the deadline did not hold"))
+}
+
+/// The policy of one plugin file, with `sandbox` lines under [sandbox].
+fn policy_of(scratch: &Scratch, wasm: &Path, sandbox: &str) -> Result<Policy, Error> {
+    let toml = format!("[sandbox]\n{sandbox}\n{}", entry("rogue", wasm, ""));
+    let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml)))?;
+    Policy::load(&config, &PolicyOptions::default())
+}
+
+/// The failure that loading `wasm` ends in (`configure` runs at load).
+fn load_failure(wasm: &Path, sandbox: &str) -> sifr::PluginFailure {
+    let scratch = Scratch::new();
+    match policy_of(&scratch, wasm, sandbox) {
+        Err(Error::PluginLoad(PluginLoadError::Failed { failure, .. })) => *failure,
+        Err(other) => panic!("failed otherwise: {other}"),
+        Ok(_) => panic!("{} loaded", wasm.display()),
+    }
+}
+
+const HOUR_BOUND: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_sleep_in_decide_is_stopped_at_the_deadline() {
+    // std::thread::sleep is a WASI clock subscription and a blocking
+    // `pollable.block`: host code, where epoch interruption never fires.
+    let f = within(HOUR_BOUND, || {
+        let scratch = Scratch::new();
+        let policy = hostile_in(&scratch, "sleep", "", "").unwrap();
+        match policy
+            .resolve(&image(), &Context::new(Purpose::Pull))
+            .outcome
+        {
+            Outcome::Failed(f) => f,
+            other => panic!("{other:?}"),
+        }
+    });
+    assert_eq!(f.function, "decide");
+    assert_eq!(f.kind, FailureKind::Blocked(Duration::from_millis(100)));
+    let shown = f.to_string();
+    assert!(
+        shown.contains("blocked past its 100 ms deadline in a clock wait or poll in decide()"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_poll_on_far_off_clocks_is_stopped_at_the_deadline() {
+    let f = within(HOUR_BOUND, || failure("poll"));
+    assert!(matches!(f.kind, FailureKind::Blocked(_)), "{f}");
+}
+
+#[test]
+fn a_sleep_in_configure_fails_loading_at_the_deadline() {
+    let err = within(HOUR_BOUND, || {
+        let scratch = Scratch::new();
+        hostile(&scratch, "configure-sleep", "").unwrap_err()
+    });
+    let Error::PluginLoad(PluginLoadError::Failed { failure, .. }) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(failure.function, "configure");
+    assert_eq!(
+        failure.kind,
+        FailureKind::Blocked(Duration::from_millis(100))
+    );
+}
+
+#[test]
+fn blocking_during_instantiation_is_stopped_at_the_deadline() {
+    let f = within(HOUR_BOUND, || {
+        let scratch = Scratch::new();
+        let wasm = components::blocking_start(scratch.path());
+        load_failure(&wasm, "")
+    });
+    assert_eq!(f.function, "configure");
+    assert_eq!(f.kind, FailureKind::Blocked(Duration::from_millis(100)));
+}
+
+#[test]
+fn fail_open_does_not_wait_for_a_sleeping_plugin() {
+    let resolution = within(HOUR_BOUND, || {
+        let scratch = Scratch::new();
+        let wasm = plugin_wasm("hostile");
+        let toml = format!(
+            "{}[[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n",
+            entry(
+                "rogue",
+                &wasm,
+                "on-error = \"fail-open\"\n[plugin.settings]\nmode = \"sleep\""
+            )
+        );
+        let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
+        let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
+        policy.resolve(&image(), &Context::new(Purpose::Pull))
+    });
+    assert!(
+        matches!(&resolution.steps[0].outcome, StepOutcome::Skipped { error } if error.contains("blocked past")),
+        "{:?}",
+        resolution.steps[0]
+    );
+    assert_eq!(
+        resolution.into_plan().unwrap()[0].uri(),
+        "docker://ncbi/blast:2.14.0"
+    );
+}
+
+#[test]
+fn all_memories_of_a_plugin_share_one_budget() {
+    // 7 memories besides the main one, 40 MiB each: each fits in 64 MiB,
+    // together they do not.
+    let scratch = Scratch::new();
+    let wasm = components::many_memories(scratch.path(), 7, 40);
+    let f = load_failure(&wasm, "timeout-ms = 10000");
+    assert_eq!(
+        f.kind,
+        FailureKind::OutOfMemory {
+            limit_bytes: 64 << 20
+        },
+        "{f}"
+    );
+    assert!(
+        f.to_string().contains("exceeded its 64 MiB memory limit"),
+        "{f}"
+    );
+}
+
+#[test]
+fn the_number_of_memories_is_bounded() {
+    let scratch = Scratch::new();
+    let wasm = components::many_memories(scratch.path(), 16, 0);
+    let f = load_failure(&wasm, "timeout-ms = 10000");
+    assert_eq!(
+        f.kind,
+        FailureKind::ResourceLimit("more than 8 memories".into()),
+        "{f}"
+    );
+}
+
+#[test]
+fn table_elements_are_bounded_over_all_tables() {
+    let scratch = Scratch::new();
+    let wasm = components::many_tables(scratch.path(), 2, 60_000);
+    let f = load_failure(&wasm, "timeout-ms = 10000");
+    assert_eq!(
+        f.kind,
+        FailureKind::ResourceLimit("more than 100000 table elements in all".into()),
+        "{f}"
+    );
+}
+
+#[test]
+fn the_number_of_tables_is_bounded() {
+    let scratch = Scratch::new();
+    let wasm = components::many_tables(scratch.path(), 100, 1_000);
+    let f = load_failure(&wasm, "timeout-ms = 10000");
+    assert_eq!(
+        f.kind,
+        FailureKind::ResourceLimit("more than 64 tables".into()),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_full_wasi_resource_table_is_named() {
+    let f = failure("handles");
+    assert_eq!(
+        f.kind,
+        FailureKind::ResourceLimit(
+            "WASI resource table full (at most 1000 handles at once)".into()
+        ),
+        "{f}"
+    );
+    assert!(!f.to_string().contains("backtrace"), "{f}");
+}
+
+#[test]
+fn output_is_not_copied_past_the_hostcall_cap() {
+    for mode in ["flood", "log-flood"] {
+        let f = failure(mode);
+        let FailureKind::InvalidOutput(why) = &f.kind else {
+            panic!("{mode}: {f}");
+        };
+        assert!(
+            why.starts_with("more than 64 KiB in one call"),
+            "{mode}: {why}"
+        );
+    }
+}
+
+#[test]
+fn stdout_and_stderr_lines_share_the_log_line_cap() {
+    let scratch = Scratch::new();
+    let policy = hostile_in(&scratch, "stderr-lines", "", "timeout-ms = 10000").unwrap();
+    let resolution = policy.resolve(&image(), &Context::new(Purpose::Pull));
+    let logs = &resolution.steps[0].logs;
+    assert_eq!(logs[0].message, "[stderr] w0", "stderr is captured");
+    assert_eq!(logs[0].level, LogLevel::Warn);
+    assert!(logs.len() <= 256 + 2, "{} lines kept", logs.len());
+    let last = &logs.last().unwrap().message;
+    assert!(
+        last.ends_with(
+            "more log lines were dropped (at most 256 a call, stdout and stderr included)"
+        ),
+        "{last}"
+    );
+    // The pipe keeps 64 KiB: "wNNNNN\n" lines, of which 256 are shown.
+    let dropped: usize = last.split(' ').next().unwrap().parse().unwrap();
+    assert!(dropped > 5_000, "{last}");
+}
+
+#[test]
+fn stdout_past_its_cap_is_cut_and_says_so() {
+    let scratch = Scratch::new();
+    let policy = hostile_in(&scratch, "stdout-flood", "", "timeout-ms = 10000").unwrap();
+    let resolution = policy.resolve(&image(), &Context::new(Purpose::Pull));
+    let messages: Vec<&str> = resolution.steps[0]
+        .logs
+        .iter()
+        .map(|l| l.message.as_str())
+        .collect();
+    // 200 lines of 1 KiB were written; 64 KiB were kept.
+    let kept = messages
+        .iter()
+        .filter(|m| m.starts_with("[stdout] yyy"))
+        .count();
+    assert!((60..=64).contains(&kept), "{kept} lines kept");
+    assert!(
+        messages.contains(&"[stdout] cut: a plugin may write at most 64 KiB a call"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn site_locked_plugins_keep_the_site_limits() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    // The site gives its fail-open plugin 10 s and 64 MiB; the user tries to
+    // starve it so that it fails and is skipped.
+    let site = scratch.write(
+        "site.toml",
+        &format!(
+            "[sandbox]\ntimeout-ms = 10000\nmemory-mib = 64\n{}",
+            entry(
+                "site-rules",
+                &wasm,
+                "locked = true\non-error = \"fail-open\"\n[plugin.settings]\nmode = \"deny\""
+            )
+        ),
+    );
+    let user = scratch.write(
+        "user.toml",
+        "plugin = []\n[sandbox]\ntimeout-ms = 1\nmemory-mib = 1\n",
+    );
+    let sources = ConfigSources {
+        site: Some(site),
+        cli: Some(user),
+        ..ConfigSources::default()
+    };
+    let config = Config::load(&sources).unwrap();
+    assert_eq!(config.sandbox.timeout, Duration::from_millis(1));
+    assert_eq!(config.site_sandbox.timeout, Duration::from_millis(10_000));
+    assert_eq!(config.sandbox.memory_bytes, 1 << 20);
+    let policy = Policy::load(&config, &PolicyOptions::default()).unwrap();
+    let site_rules = &policy.plugins()[0];
+    assert_eq!(site_rules.name, "site-rules");
+    assert_eq!(site_rules.limits.timeout, Duration::from_millis(10_000));
+    assert_eq!(site_rules.limits.memory_bytes, 64 << 20);
+    // The site's rule still has the last word.
+    let resolution = policy.resolve(&image(), &Context::new(Purpose::Pull));
+    assert!(
+        matches!(&resolution.outcome, Outcome::Denied { plugin, .. } if plugin == "site-rules"),
+        "{:?}",
+        resolution.steps
+    );
+}
+
+// ---------------------------------------------------------------------------
+// What the sifr process itself holds while a plugin attacks.
+
+/// Run `sifr` with `args` and return its output and peak resident set (KiB),
+/// read with wait4 for that child alone.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which std's wait cannot give rusage for"
+)]
+fn sifr_with_rusage(scratch: &Scratch, args: &[&str]) -> (std::process::ExitStatus, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
+        .env_remove("SIFR_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our own unwaited child; both pointers are valid.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
+}
+
+#[test]
+fn peak_memory_stays_bounded_while_a_plugin_attacks() {
+    let scratch = Scratch::new();
+    // Baseline in the same run: the built-in chain, the same work otherwise.
+    let (status, baseline) = sifr_with_rusage(&scratch, &["resolve", "ubuntu:22.04"]);
+    assert!(status.success());
+    // 7 memories of 60 MiB, each written in full: 420 MiB resident if the
+    // budget were per memory.
+    let wasm = components::many_memories(scratch.path(), 7, 60);
+    let config = scratch.write(
+        "attack.toml",
+        &format!(
+            "[sandbox]\ntimeout-ms = 10000\n{}",
+            entry("rogue", &wasm, "")
+        ),
+    );
+    let (status, attacked) = sifr_with_rusage(
+        &scratch,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "resolve",
+            "ubuntu:22.04",
+        ],
+    );
+    assert_eq!(status.code(), Some(3), "the plugin fails to load");
+    let budget_kib = 64 << 10;
+    assert!(
+        attacked < baseline + budget_kib + (32 << 10),
+        "peak RSS {attacked} KiB under attack, {baseline} KiB without"
+    );
+}
+
+/// `sifr ARGS` under an address-space limit, as `ulimit -v` sets on HPC
+/// login and batch nodes.
+fn sifr_under_address_limit(scratch: &Scratch, bytes: u64, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+    cmd.args(args)
+        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
+        .env_remove("SIFR_CONFIG");
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn sifr_resolves_under_a_2_gib_address_space_limit() {
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(scratch.path().join("config/sifr")).unwrap();
+    scratch.write("config/sifr/config.toml", "[sandbox]\ntimeout-ms = 10000\n");
+    let two_gib = 2 << 30;
+    // The built-in chain, twice: compiling cold, then from the cache.
+    for _ in 0..2 {
+        let out = sifr_under_address_limit(&scratch, two_gib, &["resolve", "ubuntu:22.04"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "docker://ubuntu:22.04\n");
+    }
+    // A 3-plugin chain.
+    let chain = scratch.write(
+        "chain.toml",
+        "[sandbox]\ntimeout-ms = 10000\n\
+         [[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+         registries = [\"docker.io\"]\n[[plugin.settings.mirrors]]\n\
+         registry = \"mirror.example.org\"\nprefix = \"hub\"\n\
+         [[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\ndeny-latest = true\n\
+         [[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n",
+    );
+    let out = sifr_under_address_limit(
+        &scratch,
+        two_gib,
+        &[
+            "--config",
+            chain.to_str().unwrap(),
+            "resolve",
+            "ubuntu:22.04",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "docker://mirror.example.org/hub/library/ubuntu:22.04\ndocker://ubuntu:22.04\n"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Untrusted text: nothing a plugin or a wasm file says reaches a terminal raw.
+
+#[test]
+fn no_output_channel_carries_raw_escapes_or_bidi_controls() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    let mut outputs = Vec::new();
+    let config = |mode: &str| {
+        scratch.write(
+            &format!("{mode}.toml"),
+            &format!(
+                "[sandbox]\ntimeout-ms = 10000\n{}",
+                entry(
+                    "rogue",
+                    &wasm,
+                    &format!("[plugin.settings]\nmode = \"{mode}\"")
+                )
+            ),
+        )
+    };
+    for mode in [
+        "escapes",
+        "deny-escapes",
+        "panic-escapes",
+        "configure-reject-escapes",
+    ] {
+        let config = config(mode);
+        let config = config.to_str().unwrap();
+        let settings = scratch.write(
+            &format!("{mode}.settings.toml"),
+            &format!("mode = \"{mode}\""),
+        );
+        let settings = settings.to_str().unwrap();
+        let wasm = wasm.to_str().unwrap();
+        let check = [
+            "plugin",
+            "check",
+            "--timeout-ms",
+            "10000",
+            "--settings",
+            settings,
+            wasm,
+        ];
+        for args in [
+            &["-vv", "--config", config, "resolve", "ubuntu"][..],
+            &["-vv", "--config", config, "resolve", "--explain", "ubuntu"],
+            &["--config", config, "resolve", "--json", "ubuntu"],
+            &[&check[..], &["ubuntu"]].concat(),
+            &[&check[..], &["--json", "ubuntu"]].concat(),
+        ] {
+            outputs.push((format!("{mode}: {args:?}"), scratch.sifr(args)));
+        }
+    }
+    for file in [
+        components::trap_in_evil_name(scratch.path()),
+        components::evil_export_name(scratch.path()),
+    ] {
+        let file = file.to_str().unwrap();
+        outputs.push((
+            format!("plugin check {file}"),
+            scratch.sifr(&["plugin", "check", file, "ubuntu"]),
+        ));
+        outputs.push((
+            format!("plugin check --json {file}"),
+            scratch.sifr(&["plugin", "check", "--json", file, "ubuntu"]),
+        ));
+    }
+    for (what, out) in &outputs {
+        for (channel, text) in [("stdout", stdout(out)), ("stderr", stderr(out))] {
+            let raw = components::raw_controls(&text);
+            assert!(raw.is_empty(), "{what}: raw {raw:?} on {channel}:\n{text}");
+        }
+    }
+    // And the escaped text is still there to read.
+    let all: String = outputs
+        .iter()
+        .map(|(_, o)| stdout(o) + &stderr(o))
+        .collect();
+    for shown in ["\\u{1b}[2J", "\\u{202e}gnp.exe", "\\u{d}"] {
+        assert!(all.contains(shown), "{shown} not shown escaped");
+    }
+}
+
+#[test]
+fn wasi_gives_a_plugin_nothing_of_the_host() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    let config = scratch.write(
+        "probe.toml",
+        &format!(
+            "[sandbox]\ntimeout-ms = 10000\n{}",
+            entry("rogue", &wasm, "[plugin.settings]\nmode = \"probe\"")
+        ),
+    );
+    let canary = format!("canary-{}", std::process::id());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "resolve",
+            "--json",
+            "ubuntu",
+        ])
+        .current_dir(scratch.path())
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
+        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+        .env("SIFR_TEST_CANARY", &canary)
+        .env_remove("SIFR_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let text = stdout(&out) + &stderr(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes: Vec<String> = json[0]["steps"][0]["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .filter(|m| m.starts_with("probe "))
+        .collect();
+    // Every door was tried: env, args, cwd, 4 reads, 4 listings, a write,
+    // 2 TCP, UDP, DNS and stdin.
+    assert_eq!(probes.len(), 17, "{probes:#?}");
+    assert!(
+        probes.contains(&"probe env: 0 variables []".to_string()),
+        "{probes:#?}"
+    );
+    assert!(
+        probes.contains(&"probe args: 0 []".to_string()),
+        "{probes:#?}"
+    );
+    for probe in &probes {
+        if ["probe env", "probe args", "probe cwd"]
+            .iter()
+            .any(|p| probe.starts_with(p))
+        {
+            continue;
+        }
+        assert!(probe.contains(": denied ("), "{probe}");
+    }
+    // The working directory a plugin sees is WASI's own, never sifr's.
+    let scratch_dir = scratch.path().to_string_lossy().into_owned();
+    assert!(!text.contains(&scratch_dir), "{text}");
+    assert!(
+        !text.contains(&canary),
+        "the canary in sifr's environment reached the plugin: {text}"
+    );
+    assert!(!scratch.path().join("planted").exists());
 }

@@ -10,6 +10,7 @@
 //! How they combine:
 //!
 //! - `[sandbox]` keys: a later layer overrides an earlier one, key by key.
+//!   Site-locked plugins run under the site file's `[sandbox]` alone.
 //! - `[[plugin]]`: the chain is the `[[plugin]]` list of the *last* layer that
 //!   has one (`plugin = []` is an empty chain). Layers replace chains rather
 //!   than append to them so that a user can reason about their chain.
@@ -149,7 +150,13 @@ impl PluginSpec {
 /// The combined config.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The limits of every plugin the site did not lock: all layers' `[sandbox]`
+    /// keys, the later overriding the earlier.
     pub sandbox: SandboxLimits,
+    /// The limits of site-locked plugins: the site file's `[sandbox]` alone.
+    /// No other layer can lower them (to make a fail-open site plugin time
+    /// out and be skipped) or raise them.
+    pub site_sandbox: SandboxLimits,
     pub plugins: Vec<PluginSpec>,
     /// `[apptainer] path`: the apptainer (or singularity) binary.
     pub apptainer: Option<PathBuf>,
@@ -165,6 +172,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             sandbox: SandboxLimits::default(),
+            site_sandbox: SandboxLimits::default(),
             plugins: vec![PluginSpec::default_builtin()],
             apptainer: None,
             pull_timeout: None,
@@ -267,30 +275,11 @@ impl Config {
                 message,
             };
             if let Some(sandbox) = file.sandbox {
-                if let Some(ms) = sandbox.timeout_ms {
-                    let span = ms.span();
-                    let ms = ms.into_inner();
-                    if !(1..=60_000).contains(&ms) {
-                        return Err(err(
-                            span,
-                            format!(
-                                "timeout-ms = {ms} is out of range: give 1 to 60000 milliseconds"
-                            ),
-                        ));
-                    }
-                    config.sandbox.timeout = Duration::from_millis(ms);
+                let limits = sandbox_limits(config.sandbox, sandbox, &err)?;
+                if layer == Layer::Site {
+                    config.site_sandbox = limits;
                 }
-                if let Some(mib) = sandbox.memory_mib {
-                    let span = mib.span();
-                    let mib = mib.into_inner();
-                    if !(1..=4096).contains(&mib) {
-                        return Err(err(
-                            span,
-                            format!("memory-mib = {mib} is out of range: give 1 to 4096 MiB"),
-                        ));
-                    }
-                    config.sandbox.memory_bytes = (mib as usize) << 20;
-                }
+                config.sandbox = limits;
             }
             let dir = path.parent().unwrap_or(Path::new("."));
             if let Some(apptainer) = file.apptainer {
@@ -350,6 +339,37 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `base` with the keys of one `[sandbox]` table applied, each checked.
+fn sandbox_limits(
+    mut limits: SandboxLimits,
+    sandbox: SandboxToml,
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<SandboxLimits, ConfigError> {
+    if let Some(ms) = sandbox.timeout_ms {
+        let span = ms.span();
+        let ms = ms.into_inner();
+        if !(1..=60_000).contains(&ms) {
+            return Err(err(
+                span,
+                format!("timeout-ms = {ms} is out of range: give 1 to 60000 milliseconds"),
+            ));
+        }
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(mib) = sandbox.memory_mib {
+        let span = mib.span();
+        let mib = mib.into_inner();
+        if !(1..=4096).contains(&mib) {
+            return Err(err(
+                span,
+                format!("memory-mib = {mib} is out of range: give 1 to 4096 MiB"),
+            ));
+        }
+        limits.memory_bytes = (mib as usize) << 20;
+    }
+    Ok(limits)
 }
 
 fn parse_layer(path: &Path, text: &str) -> Result<FileToml, ConfigError> {

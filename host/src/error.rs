@@ -161,6 +161,14 @@ pub struct PluginFailure {
 pub enum FailureKind {
     #[error("exceeded its {} ms deadline", .0.as_millis())]
     Timeout(Duration),
+    /// It was still waiting in WASI (a sleep, a clock wait, a poll) when
+    /// its deadline passed.
+    #[error("blocked past its {} ms deadline in a clock wait or poll", .0.as_millis())]
+    Blocked(Duration),
+    /// It ran into a sandbox limit other than memory: instances, tables,
+    /// table elements, handles.
+    #[error("exceeded a sandbox limit: {0}")]
+    ResourceLimit(String),
     #[error("exceeded its {} MiB memory limit", .limit_bytes >> 20)]
     OutOfMemory { limit_bytes: usize },
     #[error("panicked: {0}")]
@@ -174,13 +182,16 @@ pub enum FailureKind {
 impl FailureKind {
     fn advice(&self) -> &'static str {
         match self {
-            FailureKind::Timeout(_) => {
+            FailureKind::Timeout(_) | FailureKind::Blocked(_) => {
                 "fix the plugin, or raise `timeout-ms` under [sandbox] in the config"
             }
             FailureKind::OutOfMemory { .. } => {
                 "fix the plugin, or raise `memory-mib` under [sandbox] in the config"
             }
-            FailureKind::Panic(_) | FailureKind::Trap(_) | FailureKind::InvalidOutput(_) => {
+            FailureKind::Panic(_)
+            | FailureKind::Trap(_)
+            | FailureKind::InvalidOutput(_)
+            | FailureKind::ResourceLimit(_) => {
                 "this is a bug in the plugin: report it to its author, or set \
                  `on-error = \"fail-open\"` to skip it"
             }

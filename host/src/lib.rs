@@ -22,6 +22,7 @@ pub mod error;
 pub mod policy;
 pub mod reference;
 pub mod runtime;
+pub mod untrusted;
 
 use std::path::PathBuf;
 

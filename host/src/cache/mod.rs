@@ -109,6 +109,28 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The record with every free-text field passed through
+    /// [`untrusted::escape`](crate::untrusted::escape).
+    fn escaped(mut self) -> Self {
+        use crate::untrusted::escape;
+        for text in [
+            &mut self.image,
+            &mut self.arch,
+            &mut self.source_uri,
+            &mut self.source_note,
+            &mut self.apptainer_version,
+        ] {
+            *text = escape(text, 1024);
+        }
+        if let Some(digest) = &mut self.manifest_digest {
+            *digest = escape(digest, 128);
+        }
+        for note in &mut self.plan_notes {
+            *note = escape(note, 1024);
+        }
+        self
+    }
+
     fn blob_hex(&self) -> &str {
         self.sif_digest
             .strip_prefix("sha256:")
@@ -186,9 +208,20 @@ impl Cache {
         ImageLock::acquire(&identity.key, file, on_wait)
     }
 
+    /// An index record, or `None` when there is none or it does not parse.
+    /// A record may have been written by someone else (a shared cache), so
+    /// its digest must be one, and its free text is escaped before anything
+    /// can print it.
     fn read_entry(&self, key: &str) -> io::Result<Option<Entry>> {
         match self.dir.read(index_name(key)) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Ok(bytes) => Ok(serde_json::from_slice::<Entry>(&bytes)
+                .ok()
+                .filter(|e| {
+                    e.sif_digest
+                        .strip_prefix("sha256:")
+                        .is_some_and(|hex| crate::reference::SifDigest::from_hex(hex).is_ok())
+                })
+                .map(Entry::escaped)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

@@ -8,5 +8,9 @@ pub mod v0_1_0 {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
+        // Exports are called as futures, so that a call blocked in WASI can
+        // be dropped at its deadline (see `sandbox::run_with_deadline`).
+        // `log`, the one import, never blocks and stays synchronous.
+        exports: { default: async },
     });
 }

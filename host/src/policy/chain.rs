@@ -16,7 +16,7 @@ use super::plugin::LoadedPlugin;
 use super::sandbox::{LogLine, Sandbox};
 use super::validate::Verdict;
 use super::{Context, Source};
-use crate::config::{Config, OnError, SandboxLimits};
+use crate::config::{Config, OnError, PluginSpec, SandboxLimits};
 use crate::error::{Error, PluginFailure, PluginLoadError};
 use crate::reference::ImageRef;
 
@@ -117,23 +117,33 @@ impl Resolution {
 impl Policy {
     /// Load every plugin of `config`'s chain, in order.
     pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, Error> {
-        let sandbox = new_sandbox(config.sandbox)?;
+        let limits = |spec: &PluginSpec| {
+            if spec.locked {
+                config.site_sandbox
+            } else {
+                config.sandbox
+            }
+        };
+        let budget = config.plugins.iter().map(|s| limits(s).memory_bytes).max();
+        let sandbox = new_sandbox(budget.unwrap_or(config.sandbox.memory_bytes))?;
         let plugins = config
             .plugins
             .iter()
-            .map(|spec| LoadedPlugin::load(spec, &sandbox, options.compile_cache.as_ref()))
+            .map(|spec| {
+                LoadedPlugin::load(spec, limits(spec), &sandbox, options.compile_cache.as_ref())
+            })
             .collect::<Result<_, PluginLoadError>>()?;
         Ok(Self { plugins })
     }
 
     /// Load one plugin on its own, as `sifr plugin check` does.
     pub fn load_single(
-        spec: &crate::config::PluginSpec,
+        spec: &PluginSpec,
         limits: SandboxLimits,
         options: &PolicyOptions,
     ) -> Result<Self, Error> {
-        let sandbox = new_sandbox(limits)?;
-        let plugin = LoadedPlugin::load(spec, &sandbox, options.compile_cache.as_ref())?;
+        let sandbox = new_sandbox(limits.memory_bytes)?;
+        let plugin = LoadedPlugin::load(spec, limits, &sandbox, options.compile_cache.as_ref())?;
         Ok(Self {
             plugins: vec![plugin],
         })
@@ -212,8 +222,8 @@ impl Policy {
     }
 }
 
-fn new_sandbox(limits: SandboxLimits) -> Result<Arc<Sandbox>, Error> {
-    Sandbox::new(limits).map_err(|e| {
+fn new_sandbox(memory_budget: usize) -> Result<Arc<Sandbox>, Error> {
+    Sandbox::new(memory_budget).map_err(|e| {
         Error::io(
             "could not start the WebAssembly engine",
             std::io::Error::other(e.to_string()),

@@ -9,12 +9,13 @@ use wasmtime::component::Component;
 
 use super::bindings::v0_1_0;
 use super::compile_cache::CompileCache;
-use super::sandbox::{HostState, LogLine, Sandbox};
+use super::sandbox::{Deadline, HostState, LogLine, Sandbox, arm_deadline, run_with_deadline};
 use super::validate::{self, Verdict};
 use super::{Context, Source};
-use crate::config::{OnError, PluginSource, PluginSpec};
+use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
 use crate::error::{FailureKind, PluginFailure, PluginLoadError};
 use crate::reference::ImageRef;
+use crate::untrusted;
 
 /// The interface every plugin exports, without its version.
 const POLICY_INTERFACE: &str = "sifr:policy/policy";
@@ -73,6 +74,8 @@ pub struct LoadedPlugin {
     pub on_error: OnError,
     pub locked: bool,
     pub artifact: ArtifactOrigin,
+    /// The limits its calls run under: the site's for a site-locked plugin.
+    pub limits: SandboxLimits,
     settings_json: String,
     pre: v0_1_0::PluginPre<HostState>,
     sandbox: Arc<Sandbox>,
@@ -106,6 +109,7 @@ impl LoadedPlugin {
     /// configure the plugin `spec` describes.
     pub(crate) fn load(
         spec: &PluginSpec,
+        limits: SandboxLimits,
         sandbox: &Arc<Sandbox>,
         cache: Option<&CompileCache>,
     ) -> Result<Self, PluginLoadError> {
@@ -171,13 +175,14 @@ impl LoadedPlugin {
             on_error: spec.on_error,
             locked: spec.locked,
             artifact,
+            limits,
             settings_json: spec.settings.to_string(),
             pre,
             sandbox: sandbox.clone(),
         };
         // Validate the settings now, so that a bad config fails at load time
         // with the plugin's own message rather than on the first image.
-        let report = plugin.call("configure", |_, _| Ok(()));
+        let report = plugin.call("configure", async |_, _| Ok(()));
         match report.result {
             Ok(()) => Ok(plugin),
             Err(PluginFailure {
@@ -226,10 +231,11 @@ impl LoadedPlugin {
             short_name: image.short_name.clone(),
         };
         let plan_w: Vec<_> = plan.iter().map(validate::to_wit).collect();
-        let report = self.call("decide", |store, plugin| {
+        let report = self.call("decide", async |store, plugin| {
             plugin
                 .sifr_policy_policy()
                 .call_decide(store, &image_w, &ctx_w, &plan_w)
+                .await
         });
         CallReport {
             result: report.result.and_then(|decision| {
@@ -251,35 +257,46 @@ impl LoadedPlugin {
 
     /// Instantiate on a fresh store, configure, then run `f`. Any failure is
     /// named for the function that was running when it happened.
+    ///
+    /// Instantiation and `configure` share one deadline, and `f` gets a
+    /// whole deadline of its own.
     fn call<T>(
         &self,
         function: &'static str,
-        f: impl FnOnce(&mut Store<HostState>, &v0_1_0::Plugin) -> wasmtime::Result<T>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &v0_1_0::Plugin) -> wasmtime::Result<T>,
     ) -> CallReport<T> {
-        let sandbox = &self.sandbox;
-        let mut store = sandbox.store();
-        let mut running = "configure";
-        let outcome = (|| {
-            let plugin = self.pre.instantiate(&mut store)?;
+        let limits = &self.limits;
+        let mut store = self.sandbox.store(limits);
+        let configured = run_with_deadline(limits.timeout, async {
+            let plugin = self.pre.instantiate_async(&mut store).await?;
             let configured = plugin
                 .sifr_policy_policy()
-                .call_configure(&mut store, &self.settings_json)?;
-            if let Err(message) = configured {
-                return Ok(Err(message));
+                .call_configure(&mut store, &self.settings_json)
+                .await?;
+            Ok(configured.map(|()| plugin))
+        });
+        let result = match configured {
+            Deadline::Done(Ok(Ok(plugin))) => {
+                arm_deadline(&mut store, limits.timeout);
+                match run_with_deadline(limits.timeout, f(&mut store, &plugin)) {
+                    Deadline::Done(Ok(value)) => Ok(value),
+                    Deadline::Done(Err(error)) => {
+                        Err(self.failure(function, store.data().classify(&error, limits)))
+                    }
+                    Deadline::Blocked => {
+                        Err(self.failure(function, FailureKind::Blocked(limits.timeout)))
+                    }
+                }
             }
-            running = function;
-            // Each exported function gets the whole deadline.
-            sandbox.arm_deadline(&mut store);
-            f(&mut store, &plugin).map(Ok)
-        })();
-        let result = match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(message)) => Err(self.failure(
+            Deadline::Done(Ok(Err(message))) => Err(self.failure(
                 "configure",
-                FailureKind::InvalidOutput(super::sandbox::sanitize(&message, 4096)),
+                FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
             )),
-            Err(error) => {
-                Err(self.failure(running, store.data().classify(&error, &sandbox.limits)))
+            Deadline::Done(Err(error)) => {
+                Err(self.failure("configure", store.data().classify(&error, limits)))
+            }
+            Deadline::Blocked => {
+                Err(self.failure("configure", FailureKind::Blocked(limits.timeout)))
             }
         };
         CallReport {
@@ -328,9 +345,11 @@ fn compile(
 /// (`sifr:policy/policy@0.1.0`), or why there is none.
 fn policy_export_version(sandbox: &Sandbox, component: &Component) -> Result<String, String> {
     let ty = component.component_type();
+    // Names from the file: escaped before they can reach a message.
     let exports: Vec<String> = ty
         .exports(&sandbox.engine)
-        .map(|(name, _)| name.to_string())
+        .map(|(name, _)| untrusted::escape(name, 256))
+        .take(32)
         .collect();
     for export in &exports {
         if let Some(version) = export
@@ -358,11 +377,13 @@ fn policy_export_version(sandbox: &Sandbox, component: &Component) -> Result<Str
     ))
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line, escaped: a parser error quotes
+/// names from the wasm file, which its author chose.
 fn chain_text(error: &wasmtime::Error) -> String {
-    error
+    let text = error
         .chain()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    untrusted::escape(&text, 2048)
 }

@@ -6,15 +6,25 @@
 //!   unused) but with nothing behind it: no preopened directories, no
 //!   environment, no arguments, closed stdin, and no sockets or name lookup.
 //!   stdout and stderr are captured, capped, and shown as log lines.
-//! - Each call has a wall-clock deadline (epoch interruption) and a memory cap.
-//! - Log lines are capped in number and length.
+//! - Each call has a wall-clock deadline that holds whatever the plugin does
+//!   (see [`run_with_deadline`]).
+//! - Memory is one budget per instance, summed over all of its linear
+//!   memories; the counts of instances, memories and tables, the total of
+//!   table elements, and the handles a plugin may hold are bounded.
+//! - Address space is sized to the memory budget, not 4 GiB a memory, so
+//!   sifr starts under `ulimit -v`.
+//! - What the host copies out of a plugin in one lift is bounded near the
+//!   output caps (hostcall fuel), before any validation looks at it.
+//! - Log lines, stdout and stderr lines together, are capped in number and
+//!   length.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use serde::Serialize;
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -22,17 +32,37 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::v0_1_0;
 use crate::config::SandboxLimits;
 use crate::error::FailureKind;
+use crate::untrusted;
 
 /// How often the epoch advances. Deadlines are accurate to about one tick.
 const TICK: Duration = Duration::from_millis(5);
 /// What a plugin may write to stdout and stderr in one call, each.
-const STDIO_CAP: usize = 64 << 10;
-/// Log lines kept per call; more are counted and dropped.
-const MAX_LOG_LINES: usize = 256;
+pub(crate) const STDIO_CAP: usize = 64 << 10;
+/// Log lines kept per call, `log` and stdout/stderr lines together; more
+/// are counted and dropped.
+pub(crate) const MAX_LOG_LINES: usize = 256;
 /// Longest log line kept; longer ones are cut.
-const MAX_LOG_LINE: usize = 4 << 10;
-/// Table elements a plugin may grow to.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub(crate) const MAX_LOG_LINE: usize = 4 << 10;
+/// Core instances one plugin instance may create. The Rust plugins make one;
+/// a componentize-py plugin makes about a dozen.
+pub(crate) const MAX_INSTANCES: usize = 64;
+/// Linear memories one plugin instance may define, all of them together
+/// under the one memory budget.
+pub(crate) const MAX_MEMORIES: usize = 8;
+/// Tables one plugin instance may define.
+pub(crate) const MAX_TABLES: usize = 64;
+/// Table elements, summed over all of an instance's tables.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Resource handles (WASI pollables, streams, ...) a plugin may hold at once.
+pub(crate) const MAX_HANDLES: usize = 1_000;
+/// Bytes the host copies out of a plugin in one lift: the result of
+/// `decide`, or the arguments of one `log` call. The largest valid plan
+/// (32 sources of 255-byte names, 128-byte tags and 512-byte notes) is
+/// about 40 KiB, and a log line is cut at 4 KiB; wasmtime's default is
+/// 128 MiB.
+pub(crate) const HOSTCALL_FUEL: usize = 64 << 10;
+/// Largest `wasi:random` request.
+const MAX_RANDOM: u64 = 64 << 10;
 
 /// A log line's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -56,35 +86,42 @@ pub struct LogLine {
 pub(crate) struct Sandbox {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
-    pub(crate) limits: SandboxLimits,
 }
 
 impl Sandbox {
-    pub(crate) fn new(limits: SandboxLimits) -> wasmtime::Result<Arc<Self>> {
+    /// An engine whose linear memories reserve `memory_budget` bytes of
+    /// address space each: the largest budget any plugin of the chain has.
+    pub(crate) fn new(memory_budget: usize) -> wasmtime::Result<Arc<Self>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        // One instance per call is short-lived and small; the on-demand
-        // allocator costs nothing up front, which suits a CLI that makes a
-        // handful of calls. (The pooling allocator pays off only for
-        // thousands of instantiations, and reserves a lot of address space.)
+        // By default each linear memory reserves 4 GiB of address space plus
+        // 32 MiB guards on each side, so that bounds checks can be elided.
+        // Sites that set `ulimit -v` (h_vmem) could then not start a single
+        // plugin. A memory never grows past the plugin's budget (the limiter
+        // sees to that), so reserving the budget is enough; bounds checks
+        // are then explicit, which costs little for policy code.
+        let page = 64 << 10;
+        let reservation = (memory_budget as u64).div_ceil(page) * page;
+        config.memory_reservation(reservation.max(page));
+        config.memory_reservation_for_growth(page);
+        config.memory_guard_size(page);
+        config.guard_before_linear_memory(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // The async WASI host: a clock wait or a poll is then a future that
+        // the call's deadline can drop (see `run_with_deadline`).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |state: &mut HostState| state,
         )?;
         spawn_ticker(&engine);
-        Ok(Arc::new(Self {
-            engine,
-            linker,
-            limits,
-        }))
+        Ok(Arc::new(Self { engine, linker }))
     }
 
     /// A fresh store for one plugin call, with every limit set.
-    pub(crate) fn store(&self) -> Store<HostState> {
+    pub(crate) fn store(&self, limits: &SandboxLimits) -> Store<HostState> {
         let stdout = MemoryOutputPipe::new(STDIO_CAP);
         let stderr = MemoryOutputPipe::new(STDIO_CAP);
         let wasi = WasiCtxBuilder::new()
@@ -93,14 +130,14 @@ impl Sandbox {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = HostState {
             wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes: self.limits.memory_bytes,
-                exceeded: false,
-            },
+            table,
+            limiter: Limiter::new(limits.memory_bytes),
             logs: Vec::new(),
             dropped_logs: 0,
             stdout,
@@ -108,15 +145,57 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        self.arm_deadline(&mut store);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store.set_max_component_handles(MAX_HANDLES);
+        arm_deadline(&mut store, limits.timeout);
         store
     }
+}
 
-    /// Give the next call on `store` the whole deadline, from now.
-    pub(crate) fn arm_deadline(&self, store: &mut Store<HostState>) {
-        let ticks = self.limits.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64;
-        store.set_epoch_deadline(ticks.max(1));
-    }
+/// Give the next stretch of wasm code on `store` the whole deadline, from
+/// now.
+pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
+    let ticks = timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64;
+    store.set_epoch_deadline(ticks.max(1));
+}
+
+/// How a call under a deadline ended.
+pub(crate) enum Deadline<T> {
+    /// It returned (or trapped) in time.
+    Done(wasmtime::Result<T>),
+    /// It was still waiting in a host call (a clock wait, a poll) when the
+    /// deadline passed, and was dropped there.
+    Blocked,
+}
+
+/// Run `call` (instantiating, `configure` or `decide`) so that it cannot
+/// outlive `timeout` by more than a tick, whatever the plugin does.
+///
+/// Two mechanisms, because each covers what the other cannot:
+/// - **Epoch interruption** stops wasm code: a busy loop traps with
+///   `Trap::Interrupt` at the first loop header or function entry after the
+///   deadline. But it only fires *in wasm code*. A plugin blocked inside a
+///   host function (WASI `pollable.block` on a clock subscription, which is
+///   what Rust's `std::thread::sleep` compiles to) would never see it.
+/// - So WASI is linked async, the call is a future, and it runs under a
+///   host-side timer. Every blocking WASI function is then an `await`
+///   point: when the timer fires, the future is dropped at that point, the
+///   plugin's fiber is unwound, and the store is thrown away. (A store is
+///   per call, so nothing half-run is ever reused.)
+///
+/// sifr's own imports (`log`) never block. The timer runs on the tokio
+/// runtime that wasmtime-wasi keeps for its own blocking work, so no
+/// runtime is started here; the call blocks the calling thread.
+pub(crate) fn run_with_deadline<T>(
+    timeout: Duration,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Deadline<T> {
+    wasmtime_wasi::runtime::in_tokio(async {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => Deadline::Done(result),
+            Err(_elapsed) => Deadline::Blocked,
+        }
+    })
 }
 
 /// Advance the engine's epoch every [`TICK`] while the engine lives.
@@ -146,29 +225,43 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    /// The log lines of this call, with stdout and stderr folded in.
+    /// The log lines of this call, with stdout and stderr folded in. They
+    /// share one cap: a plugin cannot print past it on another channel.
     pub(crate) fn take_logs(&mut self) -> Vec<LogLine> {
         let mut logs = std::mem::take(&mut self.logs);
+        let mut dropped = self.dropped_logs;
         for (pipe, level, what) in [
             (&self.stdout, LogLevel::Info, "stdout"),
             (&self.stderr, LogLevel::Warn, "stderr"),
         ] {
             let text = pipe.contents();
-            for line in String::from_utf8_lossy(&text).lines() {
-                if !line.trim().is_empty() {
-                    logs.push(LogLine {
-                        level,
-                        message: format!("[{what}] {}", sanitize(line, MAX_LOG_LINE)),
-                    });
+            let text = String::from_utf8_lossy(&text);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if logs.len() >= MAX_LOG_LINES {
+                    dropped += 1;
+                    continue;
                 }
+                logs.push(LogLine {
+                    level,
+                    message: format!("[{what}] {}", untrusted::escape(line, MAX_LOG_LINE)),
+                });
+            }
+            if text.len() >= STDIO_CAP {
+                logs.push(LogLine {
+                    level: LogLevel::Warn,
+                    message: format!(
+                        "[{what}] cut: a plugin may write at most {} KiB a call",
+                        STDIO_CAP >> 10
+                    ),
+                });
             }
         }
-        if self.dropped_logs > 0 {
+        if dropped > 0 {
             logs.push(LogLine {
                 level: LogLevel::Warn,
                 message: format!(
-                    "{} more log lines were dropped (at most {MAX_LOG_LINES} a call)",
-                    self.dropped_logs
+                    "{dropped} more log lines were dropped (at most {MAX_LOG_LINES} a call, \
+                     stdout and stderr included)"
                 ),
             });
         }
@@ -176,28 +269,65 @@ impl HostState {
     }
 
     /// What went wrong, from the error wasmtime returned and what the
-    /// plugin left behind.
+    /// plugin left behind. Never the raw error: wasmtime attaches a wasm
+    /// backtrace whose names the plugin chose.
     pub(crate) fn classify(&self, error: &wasmtime::Error, limits: &SandboxLimits) -> FailureKind {
-        if self.limiter.exceeded {
-            return FailureKind::OutOfMemory {
-                limit_bytes: limits.memory_bytes,
+        if let Some(exceeded) = self.limiter.exceeded {
+            return match exceeded {
+                Exceeded::Memory => FailureKind::OutOfMemory {
+                    limit_bytes: limits.memory_bytes,
+                },
+                Exceeded::TableElements => FailureKind::ResourceLimit(format!(
+                    "more than {MAX_TABLE_ELEMENTS} table elements in all"
+                )),
             };
         }
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return FailureKind::Timeout(limits.timeout);
+        }
+        if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+            return FailureKind::ResourceLimit(format!(
+                "WASI resource table full (at most {MAX_HANDLES} handles at once)"
+            ));
+        }
+        let root = error.root_cause().to_string();
+        // wasmtime's own limits say so only in their message: its error
+        // types for them are private.
+        if root.contains("fuel allocated for hostcalls has been exhausted") {
+            return FailureKind::InvalidOutput(format!(
+                "more than {} KiB in one call (the host copies no more; see the output caps)",
+                HOSTCALL_FUEL >> 10
+            ));
+        }
+        if let Some(what) = root.strip_prefix("resource limit exceeded: ") {
+            let what = what.split(" count").next().unwrap_or(what);
+            let (max, what) = match what {
+                "instance" => (MAX_INSTANCES, "instances"),
+                "table" => (MAX_TABLES, "tables"),
+                _ => (MAX_MEMORIES, "memories"),
+            };
+            return FailureKind::ResourceLimit(format!("more than {max} {what}"));
+        }
+        if root.contains("handle limit exceeded") {
+            return FailureKind::ResourceLimit(format!(
+                "more than {MAX_HANDLES} resource handles at once"
+            ));
         }
         let stderr = self.stderr.contents();
         let stderr = String::from_utf8_lossy(&stderr);
         if let Some(message) = panic_message(&stderr) {
             return FailureKind::Panic(message);
         }
-        let mut reason = error.to_string();
-        if let Some(trap) = error.downcast_ref::<Trap>() {
-            reason = trap.to_string();
-        }
+        let mut reason = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => untrusted::escape(&root, 512),
+        };
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         if let Some(last) = tail.last() {
-            reason = format!("{reason} (its stderr ended with: {})", sanitize(last, 512));
+            reason = format!(
+                "{reason} (its stderr ended with: {})",
+                untrusted::escape(last, 512)
+            );
         }
         FailureKind::Trap(reason)
     }
@@ -231,39 +361,104 @@ impl v0_1_0::sifr::policy::host::Host for HostState {
         };
         self.logs.push(LogLine {
             level,
-            message: sanitize(&message, MAX_LOG_LINE),
+            message: untrusted::escape(&message, MAX_LOG_LINE),
         });
     }
 }
 
-/// Caps linear memory and tables; remembers when a plugin hit the cap, so
-/// the failure can be named for what it is.
+/// Which budget a plugin ran into.
+#[derive(Debug, Clone, Copy)]
+enum Exceeded {
+    Memory,
+    TableElements,
+}
+
+/// One memory budget for the whole plugin instance, however many core
+/// instances and linear memories its component holds: wasmtime asks per
+/// memory, so the sum is kept here. Table elements are summed the same
+/// way. The counts of instances, memories and tables are bounded too, so
+/// the address space reserved per memory stays bounded.
 struct Limiter {
-    memory_bytes: usize,
-    exceeded: bool,
+    memory_budget: usize,
+    memory_used: usize,
+    table_elements: usize,
+    /// The last growth allowed, taken back if wasmtime then fails it.
+    last_memory_growth: usize,
+    last_table_growth: usize,
+    exceeded: Option<Exceeded>,
+}
+
+impl Limiter {
+    fn new(memory_budget: usize) -> Self {
+        Self {
+            memory_budget,
+            memory_used: 0,
+            table_elements: 0,
+            last_memory_growth: 0,
+            last_table_growth: 0,
+            exceeded: None,
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.exceeded = true;
-            wasmtime::bail!("memory limit of {} bytes reached", self.memory_bytes);
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_used.saturating_add(growth);
+        if total > self.memory_budget {
+            self.exceeded = Some(Exceeded::Memory);
+            wasmtime::bail!(
+                "memory budget of {} bytes reached (all linear memories together)",
+                self.memory_budget
+            );
         }
+        self.memory_used = total;
+        self.last_memory_growth = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_used -= std::mem::take(&mut self.last_memory_growth);
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let growth = desired.saturating_sub(current);
+        let total = self.table_elements.saturating_add(growth);
+        if total > MAX_TABLE_ELEMENTS {
+            self.exceeded = Some(Exceeded::TableElements);
+            wasmtime::bail!("table budget of {MAX_TABLE_ELEMENTS} elements reached");
+        }
+        self.table_elements = total;
+        self.last_table_growth = growth;
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_elements -= std::mem::take(&mut self.last_table_growth);
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -278,28 +473,10 @@ fn panic_message(stderr: &str) -> Option<String> {
         .take_while(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
     let location = location.trim_end_matches(':');
-    Some(sanitize(
+    Some(untrusted::escape(
         &format!("{} (at {location})", message.join(" ").trim()),
         1024,
     ))
-}
-
-/// Make untrusted text safe to print: control characters (terminal escapes
-/// among them) are escaped, and the text is cut to `max` bytes.
-pub(crate) fn sanitize(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars() {
-        if out.len() >= max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -314,8 +491,29 @@ mod tests {
     }
 
     #[test]
-    fn sanitize_escapes_terminal_control_and_caps_length() {
-        assert_eq!(sanitize("a\u{1b}[2Jb", 100), "a\\u{1b}[2Jb");
-        assert_eq!(sanitize(&"x".repeat(10), 4), "xxxx…");
+    fn the_memory_budget_is_summed_over_memories() {
+        let mut limiter = Limiter::new(64 << 20);
+        assert!(limiter.memory_growing(0, 40 << 20, None).unwrap());
+        // A second memory of 40 MiB would fit on its own, not in the sum.
+        assert!(limiter.memory_growing(0, 40 << 20, None).is_err());
+        assert!(matches!(limiter.exceeded, Some(Exceeded::Memory)));
+    }
+
+    #[test]
+    fn a_failed_growth_is_given_back() {
+        let mut limiter = Limiter::new(64 << 20);
+        assert!(limiter.memory_growing(0, 60 << 20, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::format_err!("mmap failed"))
+            .unwrap();
+        assert!(limiter.memory_growing(0, 60 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn table_elements_are_summed_over_tables() {
+        let mut limiter = Limiter::new(1 << 20);
+        assert!(limiter.table_growing(0, 60_000, None).unwrap());
+        assert!(limiter.table_growing(0, 60_000, None).is_err());
+        assert!(matches!(limiter.exceeded, Some(Exceeded::TableElements)));
     }
 }

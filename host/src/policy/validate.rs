@@ -6,9 +6,9 @@
 //! capped so that a plugin cannot flood the terminal or the cache index.
 
 use super::bindings::v0_1_0::sifr::policy::types as wit;
-use super::sandbox::sanitize;
 use super::{PullRef, Source};
 use crate::reference::{ManifestDigest, validate_registry, validate_repository, validate_tag};
+use crate::untrusted;
 
 /// Most sources a plan may have.
 pub const MAX_SOURCES: usize = 32;
@@ -36,7 +36,7 @@ pub(crate) fn decision(decision: wit::Decision) -> Result<Verdict, String> {
             if reason.trim().is_empty() {
                 return Err("a denial with no reason; say why the image is refused".to_string());
             }
-            Ok(Verdict::Deny(sanitize(&reason, MAX_REASON)))
+            Ok(Verdict::Deny(untrusted::escape(&reason, MAX_REASON)))
         }
         wit::Decision::Plan(sources) => {
             if sources.is_empty() {
@@ -85,7 +85,7 @@ fn source(s: wit::Source) -> Result<Source, String> {
         repository: s.repository,
         reference,
         plain_http: s.plain_http,
-        note: sanitize(&s.note, MAX_NOTE),
+        note: untrusted::escape(&s.note, MAX_NOTE),
     })
 }
 

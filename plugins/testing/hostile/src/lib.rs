@@ -24,6 +24,64 @@ thread_local! {
 
 struct Hostile;
 
+/// Longer than any deadline a test sets.
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// ESC sequences (clear screen, colour, OSC title), a bare CR, and the
+/// bidi controls that make text read backwards.
+const EVIL: &str =
+    "\u{1b}[2J\u{1b}[31mred\u{1b}]0;title\u{7}\rover\u{202e}gnp.exe\u{2066}x\u{2069}\u{200f}";
+
+/// Try every door WASI has, and log what happened behind each.
+fn probe() {
+    let say = |what: &str| sifr_plugin::log(Level::Info, &format!("probe {what}"));
+    let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    say(&format!("env: {} variables {vars:?}", vars.len()));
+    let args: Vec<String> = std::env::args().collect();
+    say(&format!("args: {} {args:?}", args.len()));
+    for path in ["/etc/passwd", "/proc/self/environ", ".", "/"] {
+        match std::fs::read(path) {
+            Ok(bytes) => say(&format!("read {path}: OPENED {} bytes", bytes.len())),
+            Err(e) => say(&format!("read {path}: denied ({e})")),
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => say(&format!("list {path}: OPENED {} entries", entries.count())),
+            Err(e) => say(&format!("list {path}: denied ({e})")),
+        }
+    }
+    match std::fs::write("planted", b"x") {
+        Ok(()) => say("write planted: OPENED"),
+        Err(e) => say(&format!("write planted: denied ({e})")),
+    }
+    match std::env::current_dir() {
+        Ok(dir) => say(&format!("cwd: OPENED {}", dir.display())),
+        Err(e) => say(&format!("cwd: denied ({e})")),
+    }
+    match std::net::TcpStream::connect("127.0.0.1:22") {
+        Ok(_) => say("tcp connect: OPENED"),
+        Err(e) => say(&format!("tcp connect: denied ({e})")),
+    }
+    match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(_) => say("tcp listen: OPENED"),
+        Err(e) => say(&format!("tcp listen: denied ({e})")),
+    }
+    match std::net::UdpSocket::bind("127.0.0.1:0") {
+        Ok(_) => say("udp bind: OPENED"),
+        Err(e) => say(&format!("udp bind: denied ({e})")),
+    }
+    use std::net::ToSocketAddrs;
+    match "localhost:80".to_socket_addrs() {
+        Ok(addrs) => say(&format!("dns: OPENED {}", addrs.count())),
+        Err(e) => say(&format!("dns: denied ({e})")),
+    }
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => say(&format!("stdin: OPENED {n} bytes")),
+        Ok(_) => say("stdin: denied (end of file)"),
+        Err(e) => say(&format!("stdin: denied ({e})")),
+    }
+}
+
 fn source(registry: &str, repository: &str, reference: PullRef) -> Source {
     Source {
         registry: registry.to_string(),
@@ -43,6 +101,10 @@ impl Guest for Hostile {
                 std::hint::black_box(0);
             },
             "configure-reject" => return Err("this plugin rejects every setting".to_string()),
+            "configure-reject-escapes" => return Err(format!("rejected {EVIL}")),
+            // Blocks in a WASI clock wait, where epoch interruption cannot
+            // reach: std's sleep is `subscribe-duration` + `pollable.block`.
+            "configure-sleep" => std::thread::sleep(HOUR),
             _ => {}
         }
         MODE.with(|m| *m.borrow_mut() = Some(settings));
@@ -67,6 +129,75 @@ impl Guest for Hostile {
                 }
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
+            "panic-escapes" => panic!("hostile {EVIL}"),
+            "sleep" => {
+                std::thread::sleep(HOUR);
+                Decision::Plan(plan)
+            }
+            // `wasi:io/poll.poll` on a list of far-off clock subscriptions.
+            "poll" => {
+                let far =
+                    wasip2::clocks::monotonic_clock::subscribe_duration(HOUR.as_nanos() as u64);
+                let later =
+                    wasip2::clocks::monotonic_clock::subscribe_duration(2 * HOUR.as_nanos() as u64);
+                wasip2::io::poll::poll(&[&far, &later]);
+                Decision::Plan(plan)
+            }
+            // Holds on to WASI resources until the host's table is full.
+            "handles" => {
+                let mut held = Vec::new();
+                loop {
+                    held.push(wasip2::clocks::monotonic_clock::subscribe_duration(1));
+                    std::hint::black_box(&held);
+                }
+            }
+            // Returns 10,000 sources with 100-byte notes: about 1.6 MB that
+            // the host would copy before validation could refuse it.
+            "flood" => Decision::Plan(
+                (0..10_000)
+                    .map(|_| Source {
+                        note: "n".repeat(100),
+                        ..source(&image.registry, &image.repository, image.pull_ref())
+                    })
+                    .collect(),
+            ),
+            // One `log` call carrying a 1 MiB message.
+            "log-flood" => {
+                sifr_plugin::log(Level::Info, &"x".repeat(1 << 20));
+                Decision::Plan(plan)
+            }
+            // 30,000 lines on stderr, each a short write.
+            "stderr-lines" => {
+                for i in 0..30_000 {
+                    eprintln!("w{i}");
+                }
+                Decision::Plan(plan)
+            }
+            // More than the 64 KiB a call may write to stdout.
+            "stdout-flood" => {
+                let line = "y".repeat(1023);
+                for _ in 0..200 {
+                    println!("{line}");
+                }
+                Decision::Plan(plan)
+            }
+            // Terminal escapes and bidi controls on every channel a plugin has.
+            "escapes" => {
+                sifr_plugin::log(Level::Warn, &format!("log {EVIL}"));
+                println!("stdout {EVIL}");
+                eprintln!("stderr {EVIL}");
+                Decision::Plan(vec![Source {
+                    note: format!("note {EVIL}"),
+                    ..source(&image.registry, &image.repository, image.pull_ref())
+                }])
+            }
+            "deny-escapes" => Decision::Deny(format!("denied {EVIL}")),
+            // What WASI lets a plugin see and do, reported as log lines; the
+            // host must deny all of it.
+            "probe" => {
+                probe();
+                Decision::Plan(plan)
+            }
             "huge-string" => {
                 let bytes = settings.bytes.unwrap_or(100 << 20);
                 Decision::Plan(vec![Source {
@@ -75,7 +206,7 @@ impl Guest for Hostile {
                 }])
             }
             "many-sources" => Decision::Plan(
-                (0..10_000)
+                (0..100)
                     .map(|_| source(&image.registry, &image.repository, image.pull_ref()))
                     .collect(),
             ),
