@@ -20,7 +20,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{apptainer_double, pulls, sandbox_config, stderr, stdout};
+use common::{
+    Lines, apptainer_double, pulls, sandbox_config, stderr, stdout, wait_until, wait_within,
+};
 
 const TOOLS: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
@@ -582,23 +584,50 @@ fn eight_concurrent_pulls_against_a_real_registry_make_one_sif() {
     origin.push("other", "e2e/other", "1");
     let sifr = Sifr::new();
     let image = format!("{}/e2e/other:1", origin.host());
-    let children: Vec<Child> = (0..8)
+    // The pull is held until all eight have met at the lock.
+    let hold = sifr.dir.path().join("release-the-pull");
+    let mut children: Vec<Child> = (0..8)
         .map(|_| {
             sifr.command(&["pull", &image])
+                .env("APPTAINER_DOUBLE_HOLD", &hold)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
+    let mut errs: Vec<Lines> = children
+        .iter_mut()
+        .map(|c| Lines::of(c.stderr.take().unwrap()))
         .collect();
-    for out in &outputs {
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    wait_until(
+        "one apptainer pull, and seven sifr processes waiting for its lock",
+        Duration::from_secs(300),
+        || {
+            let waiting = errs
+                .iter_mut()
+                .filter_map(|e| e.saw("waiting for another sifr pulling").then_some(()))
+                .count();
+            let pulls = pulls(&sifr.log).len();
+            assert!(pulls <= 1, "{pulls} apptainer pulls of one image at once");
+            pulls == 1 && waiting == 7
+        },
+    );
+    std::fs::write(&hold, "").unwrap();
+
+    let mut paths = std::collections::HashSet::new();
+    for (mut child, err) in children.into_iter().zip(errs) {
+        let status = wait_within(&mut child, Duration::from_secs(300));
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{}", err.all().join("\n"));
+        paths.insert(out);
     }
-    let paths: std::collections::HashSet<String> = outputs.iter().map(stdout).collect();
     assert_eq!(paths.len(), 1);
     assert_eq!(pulls(&sifr.log).len(), 1, "one apptainer pull");
     let blobs = std::fs::read_dir(sifr.cache().join("blobs/sha256"))

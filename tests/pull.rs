@@ -1,5 +1,8 @@
 //! Pulling, caching and running through the apptainer test double, which
-//! records every argv and can be told to fail, be slow or die mid-pull.
+//! records every argv and pid and can be told to fail, be slow, hold a pull
+//! until the test releases it, or die mid-pull. The tests wait on events
+//! (a file appearing, a line on a pipe), each bounded so that a hang fails
+//! loudly; none guesses timing with a sleep.
 
 mod common;
 
@@ -7,7 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Scratch, apptainer_double, pulls, sandbox_config, stderr, stdout};
+use common::{
+    Lines, Reaper, Scratch, apptainer_double, output_within, process_running, pulls, recorded_pids,
+    sandbox_config, stderr, stdout, wait_until, wait_within,
+};
+
+/// A bound on how long any one step may hang before the test fails. Generous:
+/// a loaded 2-core machine starting 16 sifr processes is slow, and this is
+/// not what the tests measure.
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// What sifr prints when another process holds the image's pull lock.
+const WAITING: &str = "waiting for another sifr pulling";
 
 /// A scratch cache and config, with sifr pointed at the test double.
 struct Env {
@@ -55,6 +69,45 @@ impl Env {
             ));
         }
         self.scratch.write("mirrors.toml", &toml)
+    }
+}
+
+impl Env {
+    /// A file the double's held pulls wait for (`APPTAINER_DOUBLE_HOLD`);
+    /// it does not exist until [`Env::release`].
+    fn hold(&self) -> PathBuf {
+        self.scratch.path().join("release-the-pulls")
+    }
+
+    fn release(&self) {
+        std::fs::write(self.hold(), "").unwrap();
+    }
+
+    /// Where the double records its pids (`APPTAINER_DOUBLE_PID_FILE`).
+    fn pid_file(&self) -> PathBuf {
+        self.scratch.path().join("apptainer.pids")
+    }
+
+    /// Pulls in progress in the cache's temp area (index writes, dot
+    /// files, aside).
+    fn temp_pulls(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.cache().join("tmp"))
+            .map(|dir| {
+                dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| !name.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Everything in the cache's temp area.
+    fn temp_area(&self) -> Vec<String> {
+        std::fs::read_dir(self.cache().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 }
 
@@ -189,11 +242,12 @@ fn when_every_source_fails_each_attempt_is_listed_with_apptainer_s_stderr() {
 #[test]
 fn sixteen_concurrent_pulls_of_one_image_make_one_apptainer_pull() {
     let env = Env::new();
-    let children: Vec<_> = (0..16)
+    let hold = env.hold();
+    let mut children: Vec<_> = (0..16)
         .map(|_| {
             env.command(
                 &["pull", "ncbi/blast:2.14.0"],
-                &[("APPTAINER_DOUBLE_SLEEP_MS", "1500")],
+                &[("APPTAINER_DOUBLE_HOLD", hold.to_str().unwrap())],
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -201,14 +255,36 @@ fn sixteen_concurrent_pulls_of_one_image_make_one_apptainer_pull() {
             .unwrap()
         })
         .collect();
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
+    let mut errs: Vec<Lines> = children
+        .iter_mut()
+        .map(|c| Lines::of(c.stderr.take().unwrap()))
         .collect();
-    for out in &outputs {
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    // The pull is held until all sixteen have met at the lock: one pulls,
+    // and every other one says it waits for it.
+    wait_until(
+        "one apptainer pull, and fifteen sifr processes waiting for its lock",
+        PATIENCE,
+        || {
+            let waiting = errs
+                .iter_mut()
+                .filter_map(|e| e.saw(WAITING).then_some(()))
+                .count();
+            let pulls = pulls(&env.log).len();
+            assert!(pulls <= 1, "{pulls} apptainer pulls of one image at once");
+            pulls == 1 && waiting == 15
+        },
+    );
+    env.release();
+
+    let mut paths = std::collections::HashSet::new();
+    for (mut child, err) in children.into_iter().zip(errs) {
+        let status = wait_within(&mut child, PATIENCE);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let err = err.all().join("\n");
+        assert_eq!(status.code(), Some(0), "{err}");
+        paths.insert(out);
     }
-    let paths: std::collections::HashSet<String> = outputs.iter().map(stdout).collect();
     assert_eq!(paths.len(), 1, "all got the same SIF: {paths:?}");
     assert_eq!(pulls(&env.log).len(), 1, "exactly one apptainer pull");
     assert_eq!(entries(&env).len(), 1);
@@ -226,44 +302,95 @@ fn a_pull_killed_mid_way_leaves_nothing_cached_and_a_retry_succeeds() {
         stderr(&out)
     );
     assert!(entries(&env).is_empty());
+    assert!(env.temp_pulls().is_empty(), "sifr removed the half file");
 
-    // sifr itself is killed with SIGKILL while apptainer is pulling.
-    let mut child = env
-        .command(
-            &["pull", "alpine:3.19"],
-            &[("APPTAINER_DOUBLE_SLEEP_MS", "3000")],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let tmp = env.cache().join("tmp");
-    let started = std::time::Instant::now();
-    while pulls(&env.log).len() < 2 && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
+    // sifr itself is killed with SIGKILL mid-pull, once for each of two
+    // images, and then its orphaned apptainer too (as a batch system ends a
+    // job): each pull leaves a half-written temp file and a lock whose
+    // holder is dead.
+    let reaper = Reaper(env.pid_file());
+    let hold = env.hold();
+    let mut leftovers = Vec::new();
+    for image in ["alpine:3.19", "busybox:1.36"] {
+        let before = env.temp_pulls();
+        let mut child = env
+            .command(
+                &["pull", image],
+                &[
+                    ("APPTAINER_DOUBLE_HOLD", hold.to_str().unwrap()),
+                    (
+                        "APPTAINER_DOUBLE_PID_FILE",
+                        env.pid_file().to_str().unwrap(),
+                    ),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(
+            &format!("the pull of {image} to begin its file"),
+            PATIENCE,
+            || env.temp_pulls().len() > before.len(),
+        );
+        let started: Vec<String> = env
+            .temp_pulls()
+            .into_iter()
+            .filter(|name| !before.contains(name))
+            .collect();
+        assert_eq!(started.len(), 1, "{started:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        leftovers.push(started);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    reaper.kill_all();
     assert!(entries(&env).is_empty(), "nothing counts as cached");
+    let [alpine, busybox] = [&leftovers[0], &leftovers[1]];
+    let mut both = [alpine.clone(), busybox.clone()].concat();
+    both.sort();
+    assert_eq!(
+        env.temp_pulls(),
+        both,
+        "each killed pull left its half file"
+    );
 
-    // The lock died with the process: the retry does not wait, and succeeds.
-    let out = env.sifr(&["pull", "alpine:3.19"], &[]);
+    // The locks died with their holders: the retry does not wait, and
+    // succeeds, replacing its own image's leftovers.
+    let out = output_within(&mut env.command(&["pull", "alpine:3.19"], &[]), PATIENCE);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(WAITING), "{}", stderr(&out));
     assert_eq!(entries(&env).len(), 1);
-    // Prune sweeps whatever the killed pulls left behind.
-    std::thread::sleep(Duration::from_millis(3500));
-    let out = env.sifr(&["cache", "prune"], &[]);
+    assert_eq!(
+        &env.temp_pulls(),
+        busybox,
+        "the other image's leftovers are for prune"
+    );
+
+    // Prune sweeps what the killed pull of the other image left behind.
+    let out = output_within(&mut env.command(&["cache", "prune"], &[]), PATIENCE);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(env.temp_area(), Vec::<String>::new());
+    assert_eq!(entries(&env).len(), 1, "prune kept the good entry");
 }
 
 #[test]
 fn a_pull_past_its_timeout_is_stopped_and_says_how_to_raise_it() {
     let env = Env::new();
-    let out = env.sifr(
-        &["pull", "--pull-timeout", "1s", "alpine:3.19"],
-        &[("APPTAINER_DOUBLE_SLEEP_MS", "20000")],
+    let _reaper = Reaper(env.pid_file());
+    // The pull would wait forever, with a helper process beside it.
+    let out = output_within(
+        &mut env.command(
+            &["pull", "--pull-timeout", "1s", "alpine:3.19"],
+            &[
+                ("APPTAINER_DOUBLE_HOLD", env.hold().to_str().unwrap()),
+                ("APPTAINER_DOUBLE_HELPER", "1"),
+                (
+                    "APPTAINER_DOUBLE_PID_FILE",
+                    env.pid_file().to_str().unwrap(),
+                ),
+            ],
+        ),
+        PATIENCE,
     );
     assert_eq!(out.status.code(), Some(8));
     let err = stderr(&out);
@@ -272,6 +399,20 @@ fn a_pull_past_its_timeout_is_stopped_and_says_how_to_raise_it() {
         "{err}"
     );
     assert!(err.contains("--pull-timeout"), "{err}");
+
+    // Stopped: apptainer and its helper are gone, and so is its file.
+    let pids = recorded_pids(&env.pid_file());
+    assert_eq!(pulls(&env.log).len(), 1);
+    // Every invocation of the double is there (`apptainer version` too),
+    // and the pull's helper.
+    assert!(pids.len() >= 2, "apptainer and its helper ran: {pids:?}");
+    wait_until(
+        "apptainer and its helper to be gone",
+        Duration::from_secs(30),
+        || pids.iter().all(|&pid| !process_running(pid)),
+    );
+    assert_eq!(env.temp_area(), Vec::<String>::new());
+    assert!(entries(&env).is_empty());
 }
 
 #[test]
@@ -384,24 +525,32 @@ fn run_passes_flags_and_the_exit_code_through_and_keeps_the_host_env_out() {
 fn sigterm_to_sifr_reaches_the_container() {
     let env = Env::new();
     assert!(env.sifr(&["pull", "alpine:3.19"], &[]).status.success());
-    let mut child = env
-        .command(&["run", "alpine:3.19", "--", "sleep", "60"], &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !common::double_log(&env.log).iter().any(|a| a[0] == "run")
-        && started.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    // Start the container, wait until it runs, then SIGTERM sifr.
+    let terminate = |script: &str| {
+        let mut child = env
+            .command(&["run", "alpine:3.19", "--", "sh", "-c", script], &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = Lines::of(child.stdout.take().unwrap());
+        out.wait_for("ready", PATIENCE);
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = wait_within(&mut child, PATIENCE);
+        (status, out.all())
+    };
+    // The container traps TERM: it gets it, and its own exit code is sifr's.
+    let (status, lines) = terminate(
+        "trap 'echo got TERM; exit 7' TERM; echo ready; i=0; \
+         while [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done",
+    );
+    assert_eq!(lines, ["ready", "got TERM"]);
+    assert_eq!(status.code(), Some(7), "the container's own exit code");
+    // Dead of the signal, the container makes sifr exit 128 + 15.
+    let (status, _) = terminate("echo ready; exec sleep 60");
     assert_eq!(status.code(), Some(143), "128 + SIGTERM");
 }
 
@@ -505,15 +654,145 @@ fn a_missing_apptainer_says_what_to_install_or_set() {
 #[test]
 fn credentials_and_apptainer_settings_pass_through_to_the_pull() {
     let env = Env::new();
-    let out = env.sifr(
-        &["pull", "private/tool:1"],
-        &[
-            ("APPTAINER_DOCKER_USERNAME", "alice"),
-            (
-                "APPTAINER_DOUBLE_REQUIRE_ENV",
-                "APPTAINER_DOCKER_USERNAME=alice",
-            ),
-        ],
+    // The double's registry wants these, as a private registry would.
+    let require = (
+        "APPTAINER_DOUBLE_REQUIRE_ENV",
+        "APPTAINER_DOCKER_USERNAME=alice,APPTAINER_DOCKER_PASSWORD,APPTAINER_CACHEDIR",
     );
+    let cachedir = env.scratch.path().join("apptainer-cache");
+    let settings = [
+        ("APPTAINER_DOCKER_USERNAME", "alice"),
+        ("APPTAINER_DOCKER_PASSWORD", "s3cret"),
+        ("APPTAINER_CACHEDIR", cachedir.to_str().unwrap()),
+    ];
+    let pull = |leave_out: &str| {
+        let mut cmd = env.command(&["pull", "private/tool:1"], &[require]);
+        for (name, value) in settings {
+            if name == leave_out {
+                cmd.env_remove(name);
+            } else {
+                cmd.env(name, value);
+            }
+        }
+        cmd.output().unwrap()
+    };
+
+    // Without any one of them the registry refuses, and sifr says so.
+    for (name, _) in settings {
+        let out = pull(name);
+        assert_eq!(out.status.code(), Some(8), "without {name}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("unauthorized: authentication required")
+                && err.contains(&format!("{name} is not set")),
+            "without {name}: {err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    assert!(entries(&env).is_empty());
+
+    // With all of them, the pull goes through.
+    let out = pull("");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(entries(&env).len(), 1);
+}
+
+/// A size-limited tmpfs, unmounted when dropped (even when the test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts a tmpfs, which needs root (CI runs the suite as root)"
+        );
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", stderr(&out));
+        Self(at)
+    }
+
+    /// Fill the filesystem with one file, then give back `room` bytes.
+    fn fill_leaving(&self, room: u64) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => len += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        file.set_len(len.saturating_sub(room)).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(&[]) {
+            // Busy (a process of a failed test still in it): detach it.
+            umount(&["--lazy"]);
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(sifr_e2e),
+    ignore = "mounts a small tmpfs as the cache, which needs root: run as root with SIFR_E2E=1, as CI does"
+)]
+fn a_full_cache_fails_the_pull_clearly_and_keeps_the_index_readable() {
+    let env = Env::new();
+    let disk = Tmpfs::mount(env.scratch.path().join("cache"), "16m");
+    // A first image, and the compiled policy plugin, fit.
+    let out = env.sifr(&["pull", "a/small:1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Then the disk fills up: 1 MiB is left, and the image is 4 MiB.
+    let filler = disk.fill_leaving(1 << 20);
+    let big = [("APPTAINER_DOUBLE_SIZE", "4194304")];
+    let out = output_within(&mut env.command(&["pull", "a/big:1"], &big), PATIENCE);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("the cache at {}", env.cache().display()))
+            && err.contains("No space left on device")
+            && err.contains("free space")
+            && err.contains("SIFR_CACHE_DIR"),
+        "names the cache, the cause and what to do: {err}"
+    );
+    assert_eq!(
+        pulls(&env.log).len(),
+        2,
+        "one attempt: no point in retrying"
+    );
+    assert_eq!(env.temp_area(), Vec::<String>::new(), "no temp file left");
+    let images: Vec<_> = entries(&env).iter().map(|e| e["image"].clone()).collect();
+    assert_eq!(images, ["docker.io/a/small:1"], "the index reads as before");
+    let out = env.sifr(&["cache", "verify"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Once there is room again, the pull succeeds.
+    std::fs::remove_file(filler).unwrap();
+    let out = output_within(&mut env.command(&["pull", "a/big:1"], &big), PATIENCE);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sizes: Vec<_> = entries(&env).iter().map(|e| e["size"].clone()).collect();
+    assert_eq!(sizes, [4194304, 65536]);
+    assert_eq!(env.sifr(&["cache", "verify"], &[]).status.code(), Some(0));
 }

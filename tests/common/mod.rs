@@ -117,3 +117,214 @@ pub fn sandbox_config() -> PathBuf {
     });
     dir.path().join("sandbox.toml")
 }
+
+/// Wait until `done()` holds, checking every 20 ms; fail loudly, naming
+/// `what`, once `timeout` has passed. The timeout is a bound on a hang, not
+/// a guess at how long something takes.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "gave up after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A stream of a child (its stdout or stderr) read line by line as it
+/// comes, so a test can wait for a line instead of sleeping.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    closed: bool,
+}
+
+impl Lines {
+    pub fn of(stream: impl std::io::Read + Send + 'static) -> Self {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Take in whatever lines have arrived, without waiting.
+    pub fn poll(&mut self) -> &[String] {
+        loop {
+            match self.rx.try_recv() {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        &self.seen
+    }
+
+    /// Whether a line seen so far contains `needle`.
+    pub fn saw(&mut self, needle: &str) -> bool {
+        self.poll().iter().any(|line| line.contains(needle))
+    }
+
+    /// Wait for a line containing `needle`; fail, with the lines seen, if
+    /// the stream ends first or `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.seen.iter().any(|line| line.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "no line with {needle:?} ({}); lines so far:\n{}",
+                    match e {
+                        std::sync::mpsc::RecvTimeoutError::Timeout =>
+                            format!("gave up after {timeout:?}"),
+                        std::sync::mpsc::RecvTimeoutError::Disconnected =>
+                            "the stream ended".into(),
+                    },
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line, once the stream has ended (the child has exited).
+    pub fn all(mut self) -> Vec<String> {
+        if !self.closed {
+            self.seen.extend(self.rx.iter());
+        }
+        self.seen
+    }
+}
+
+/// Wait for `child` to exit, failing loudly (and killing it) if it has not
+/// after `timeout`.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    let started = std::time::Instant::now();
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if status.is_none() && started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    status.unwrap()
+}
+
+/// Run `cmd` to completion with its output captured, failing loudly (and
+/// killing it) if it has not finished after `timeout`, so a hang is a
+/// failure that shows what the command printed.
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the command");
+    let out = Lines::of(child.stdout.take().unwrap());
+    let err = Lines::of(child.stderr.take().unwrap());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}; its stderr:\n{}",
+                err.all().join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let lines = |l: Lines| {
+        l.all()
+            .into_iter()
+            .flat_map(|line| [line, "\n".to_string()])
+            .collect::<String>()
+            .into_bytes()
+    };
+    Output {
+        status,
+        stdout: lines(out),
+        stderr: lines(err),
+    }
+}
+
+/// Whether process `pid` is running. A zombie is not: it has exited and
+/// only waits to be reaped (a container's init may never reap it).
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X" | "x"))
+        }
+    }
+}
+
+/// The processes the apptainer double recorded in its
+/// `APPTAINER_DOUBLE_PID_FILE`: its invocations and their helpers.
+pub fn recorded_pids(pid_file: &Path) -> Vec<u32> {
+    std::fs::read_to_string(pid_file)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect()
+}
+
+/// SIGKILL every process the double recorded in a pid file, and wait until
+/// none runs. Also on drop, so a failing test leaves no process behind.
+pub struct Reaper(pub PathBuf);
+
+impl Reaper {
+    fn signal_all(&self) -> Vec<u32> {
+        let pids = recorded_pids(&self.0);
+        for &pid in &pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        pids
+    }
+
+    pub fn kill_all(&self) {
+        let pids = self.signal_all();
+        wait_until(
+            "the double's processes to die of SIGKILL",
+            std::time::Duration::from_secs(30),
+            || pids.iter().all(|&pid| !process_running(pid)),
+        );
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // No waiting here: this may run while a failed test unwinds.
+        self.signal_all();
+    }
+}
