@@ -4,11 +4,21 @@ mod common;
 
 use common::{Scratch, entry, plugin_wasm, stderr, stdout};
 
+/// A scratch home whose user config gives plugins a generous deadline: the
+/// 100 ms default is not what these tests are about, and a loaded machine
+/// can miss it. Tests of the deadline itself use [`Scratch::new`].
+fn scratch() -> Scratch {
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(scratch.path().join("config/sifr")).unwrap();
+    scratch.write("config/sifr/config.toml", "[sandbox]\ntimeout-ms = 10000\n");
+    scratch
+}
+
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 #[test]
 fn resolve_prints_the_uris_apptainer_would_receive() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let cases = [
         (
             "ncbi/blast:2.14.0",
@@ -37,7 +47,7 @@ fn resolve_prints_the_uris_apptainer_would_receive() {
 
 #[test]
 fn resolve_with_mirrors_lists_them_in_try_order() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let config = scratch.write(
         "site.toml",
         "[[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
@@ -93,7 +103,7 @@ fn resolve_with_mirrors_lists_them_in_try_order() {
 
 #[test]
 fn an_invalid_reference_exits_5_and_says_why() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let out = scratch.sifr(&["resolve", "Ubuntu:22.04"]);
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(stdout(&out), "");
@@ -107,7 +117,7 @@ fn an_invalid_reference_exits_5_and_says_why() {
 
 #[test]
 fn a_denial_exits_4_with_the_reason_on_stderr() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let config = scratch.write(
         "c.toml",
         &entry(
@@ -133,7 +143,7 @@ fn a_denial_exits_4_with_the_reason_on_stderr() {
 
 #[test]
 fn a_failing_plugin_exits_6_and_a_broken_config_exits_3_with_its_location() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let config = scratch.write(
         "c.toml",
         &entry(
@@ -163,21 +173,124 @@ fn a_failing_plugin_exits_6_and_a_broken_config_exits_3_with_its_location() {
 #[test]
 fn sifr_config_is_a_layer_of_its_own() {
     let scratch = Scratch::new();
-    let config = scratch.write("env.toml", "plugin = []\n[sandbox]\nwhat = 1\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
-        .args(["resolve", "ubuntu"])
-        .env("SIFR_CONFIG", &config)
-        .env("XDG_CONFIG_HOME", scratch.path())
-        .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("env.toml:3:1"), "{}", stderr(&out));
+    let chain = |name: &str| format!("[[plugin]]\nname = \"{name}\"\nbuiltin = \"default\"\n");
+    std::fs::create_dir_all(scratch.path().join("config/sifr")).unwrap();
+    let user = scratch.write(
+        "config/sifr/config.toml",
+        &format!(
+            "[sandbox]\ntimeout-ms = 10000\nmemory-mib = 32\n{}",
+            chain("user")
+        ),
+    );
+    let env = scratch.write(
+        "env.toml",
+        &format!("[sandbox]\nmemory-mib = 48\n{}", chain("env")),
+    );
+    let env_sandbox_only = scratch.write("env-sandbox.toml", "[sandbox]\nmemory-mib = 40\n");
+    let flag = scratch.write("flag.toml", &chain("flag"));
+    let flag_empty = scratch.write("flag-empty.toml", "plugin = []\n");
+
+    // `sifr plugin ls --json` with $SIFR_CONFIG and --config as given.
+    let ls = |sifr_config: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+        if let Some(flag) = flag {
+            cmd.arg("--config").arg(flag);
+        }
+        cmd.args(["plugin", "ls", "--json"])
+            .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+            .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
+            .env_remove("SIFR_CONFIG");
+        if let Some(file) = sifr_config {
+            cmd.env("SIFR_CONFIG", file);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names: Vec<String> = json["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let files: Vec<std::path::PathBuf> = json["config-files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().into())
+            .filter(|f: &std::path::PathBuf| f.starts_with(scratch.path()))
+            .collect();
+        let sandbox = (
+            json["sandbox"]["timeout-ms"].as_u64().unwrap(),
+            json["sandbox"]["memory-mib"].as_u64().unwrap(),
+        );
+        (names, files, sandbox)
+    };
+
+    // The user file alone.
+    assert_eq!(
+        ls(None, None),
+        (vec!["user".into()], vec![user.clone()], (10000, 32))
+    );
+    // $SIFR_CONFIG comes after the user file: its chain wins, and its
+    // sandbox keys override the user's one by one.
+    assert_eq!(
+        ls(Some(&env), None),
+        (
+            vec!["env".into()],
+            vec![user.clone(), env.clone()],
+            (10000, 48)
+        )
+    );
+    // A layer without [[plugin]] keeps the chain of the one before.
+    assert_eq!(
+        ls(Some(&env_sandbox_only), None),
+        (
+            vec!["user".into()],
+            vec![user.clone(), env_sandbox_only.clone()],
+            (10000, 40)
+        )
+    );
+    // --config comes after $SIFR_CONFIG.
+    assert_eq!(
+        ls(Some(&env), Some(&flag)),
+        (
+            vec!["flag".into()],
+            vec![user.clone(), env.clone(), flag.clone()],
+            (10000, 48)
+        )
+    );
+    // ... and its `plugin = []` empties the chain.
+    assert_eq!(
+        ls(Some(&env), Some(&flag_empty)),
+        (
+            Vec::<String>::new(),
+            vec![user.clone(), env.clone(), flag_empty.clone()],
+            (10000, 48)
+        )
+    );
+
+    // Unlike the user file, $SIFR_CONFIG must exist; and its errors name it.
+    let missing = scratch.path().join("missing.toml");
+    let bad = scratch.write("bad-env.toml", "plugin = []\n[sandbox]\nwhat = 1\n");
+    for (file, expected) in [
+        (&missing, "missing.toml".to_string()),
+        (&bad, "bad-env.toml:3:1".to_string()),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+            .args(["resolve", "ubuntu"])
+            .env("SIFR_CONFIG", file)
+            .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+            .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    }
 }
 
 #[test]
 fn plugin_ls_shows_the_chain_and_the_second_run_does_not_compile() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let run = || {
         let out = scratch.sifr(&["plugin", "ls", "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -200,7 +313,7 @@ fn plugin_ls_shows_the_chain_and_the_second_run_does_not_compile() {
 
 #[test]
 fn plugin_check_runs_a_plugin_offline() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let settings = scratch.write(
         "settings.toml",
         "registries = [\"*\"]\n[[mirrors]]\nregistry = \"mirror.example.org\"\n",
@@ -209,6 +322,8 @@ fn plugin_check_runs_a_plugin_offline() {
     let out = scratch.sifr(&[
         "plugin",
         "check",
+        "--timeout-ms",
+        "10000",
         wasm.to_str().unwrap(),
         "--settings",
         settings.to_str().unwrap(),
@@ -306,7 +421,7 @@ fn verbose_shows_plugin_logs_and_quiet_hides_warnings() {
 
 #[test]
 fn help_teaches_and_usage_errors_exit_2() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let out = scratch.sifr(&["resolve", "--help"]);
     let text = stdout(&out);
     assert!(text.contains("sifr resolve --explain"), "{text}");
