@@ -211,6 +211,141 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     assert_eq!(fourth.plugins()[0].artifact, ArtifactOrigin::Compiled);
 }
 
+/// The `.cwasm` artifact of `plugin` in `cache`.
+fn artifact_of(cache: &CompileCache, plugin: &sifr::policy::LoadedPlugin) -> std::path::PathBuf {
+    std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&plugin.sha256)
+        })
+        .expect("an artifact was written")
+}
+
+#[test]
+fn a_site_locked_plugin_is_never_loaded_from_the_compile_cache() {
+    let scratch = Scratch::new();
+    let cache = CompileCache::new(scratch.path().join("plugins"));
+    let options = PolicyOptions {
+        compile_cache: Some(cache.clone()),
+    };
+    let tags =
+        "[[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\ndeny-latest = true\n";
+    // The user's runs leave artifacts for `tags` and `default`...
+    let user_tags = Config::load(&ConfigSources::only(scratch.write("tags.toml", tags))).unwrap();
+    let rules = Policy::load(&user_tags, &options).unwrap();
+    let default = Policy::load(&Config::default(), &options).unwrap();
+    let rules_artifact = artifact_of(&cache, &rules.plugins()[0]);
+    let default_artifact = artifact_of(&cache, &default.plugins()[0]);
+    // ...and the user puts the permissive plugin's native code where the
+    // site's rule would be found.
+    let tmp = scratch.path().join("swap");
+    std::fs::copy(&default_artifact, &tmp).unwrap();
+    std::fs::rename(&tmp, &rules_artifact).unwrap();
+
+    let site = scratch.write(
+        "site.toml",
+        &tags.replace("builtin", "locked = true\nbuiltin"),
+    );
+    let sources = ConfigSources {
+        site: Some(site),
+        cli: Some(scratch.write("user.toml", "plugin = []\n")),
+        ..ConfigSources::default()
+    };
+    let config = Config::load(&sources).unwrap();
+    let policy = Policy::load(&config, &options).unwrap();
+    let plugin = &policy.plugins()[0];
+    assert!(plugin.locked);
+    assert_eq!(
+        plugin.artifact,
+        ArtifactOrigin::Compiled,
+        "never from the cache"
+    );
+    let image = ImageRef::parse("ubuntu").unwrap();
+    let outcome = policy.resolve(&image, &Context::new(Purpose::Pull)).outcome;
+    assert!(
+        matches!(&outcome, Outcome::Denied { plugin, .. } if plugin == "rules"),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn artifacts_are_checked_on_the_descriptor_not_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let cache = CompileCache::new(scratch.path().join("plugins"));
+    let options = PolicyOptions {
+        compile_cache: Some(cache.clone()),
+    };
+    let config = Config::default();
+    let first = Policy::load(&config, &options).unwrap();
+    let artifact = artifact_of(&cache, &first.plugins()[0]);
+    let origin = || Policy::load(&config, &options).unwrap().plugins()[0].artifact;
+    assert_eq!(origin(), ArtifactOrigin::CacheHit);
+
+    // A symlink in place of the artifact, even to a good copy, is not
+    // followed.
+    let elsewhere = scratch.path().join("elsewhere.cwasm");
+    std::fs::copy(&artifact, &elsewhere).unwrap();
+    std::fs::remove_file(&artifact).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &artifact).unwrap();
+    assert_eq!(origin(), ArtifactOrigin::Compiled);
+    assert!(
+        !artifact.is_symlink(),
+        "the symlink was replaced by a fresh artifact"
+    );
+    assert_eq!(origin(), ArtifactOrigin::CacheHit);
+
+    // An artifact another user owns is not loaded.
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&artifact, Some(65534), Some(65534)).unwrap();
+        assert_eq!(origin(), ArtifactOrigin::Compiled);
+        assert_eq!(origin(), ArtifactOrigin::CacheHit);
+    }
+
+    // A directory others may look into or write is not used at all.
+    std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    assert_eq!(origin(), ArtifactOrigin::Compiled);
+    assert_eq!(origin(), ArtifactOrigin::Compiled);
+
+    // Nor is a directory that is a symlink to a private one.
+    std::fs::set_permissions(cache.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(origin(), ArtifactOrigin::CacheHit);
+    let link = scratch.path().join("link");
+    std::os::unix::fs::symlink(cache.dir(), &link).unwrap();
+    let linked = PolicyOptions {
+        compile_cache: Some(CompileCache::new(&link)),
+    };
+    let via_link = Policy::load(&config, &linked).unwrap();
+    assert_eq!(via_link.plugins()[0].artifact, ArtifactOrigin::Compiled);
+}
+
+#[test]
+fn a_shared_cache_root_keeps_no_native_code() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let private = scratch.path().join("mine");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        CompileCache::for_cache_root(&private).unwrap().dir(),
+        private.join("plugins")
+    );
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let chosen = CompileCache::for_cache_root(&shared);
+    assert!(
+        chosen
+            .as_ref()
+            .is_none_or(|c| !c.dir().starts_with(&shared)),
+        "{chosen:?}"
+    );
+}
+
 #[test]
 fn a_denial_names_the_plugin_and_its_reason() {
     let scratch = Scratch::new();

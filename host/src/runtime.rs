@@ -96,7 +96,7 @@ impl Runtime {
         let cache = Cache::open(&root)
             .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?;
         let policy_options = PolicyOptions {
-            compile_cache: Some(crate::policy::CompileCache::in_cache_root(&root)),
+            compile_cache: crate::policy::CompileCache::for_cache_root(&root),
         };
         let policy = Policy::load(&config, &policy_options)?;
         Ok(Self {

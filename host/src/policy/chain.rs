@@ -38,8 +38,10 @@ impl PolicyOptions {
     /// The compiled-plugin cache under the cache root `config` selects.
     pub fn for_config(config: &Config) -> Self {
         Self {
-            compile_cache: crate::cache_root_for(config)
-                .map(|root| CompileCache::in_cache_root(&root)),
+            compile_cache: match crate::cache_root_for(config) {
+                Some(root) => CompileCache::for_cache_root(&root),
+                None => CompileCache::per_user(),
+            },
         }
     }
 }

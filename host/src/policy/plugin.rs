@@ -146,6 +146,10 @@ impl LoadedPlugin {
             });
         }
         let short = short_sha(&sha256);
+        // A site-locked plugin is always compiled from its (pinned) wasm:
+        // the compiled-plugin cache is the user's to write, and the site's
+        // policy must not rest on anything the user can write.
+        let cache = cache.filter(|_| !spec.locked);
         let (component, artifact) =
             compile(sandbox, cache, &wasm, &sha256).map_err(|reason| PluginLoadError::Compile {
                 plugin: name.clone(),
@@ -314,9 +318,9 @@ fn compile(
     sha256: &str,
 ) -> Result<(Component, ArtifactOrigin), String> {
     let engine = &sandbox.engine;
-    let path = cache.map(|c| (c, c.artifact_path(engine, sha256)));
-    if let Some((cache, path)) = &path
-        && let Some(component) = cache.load(engine, path)
+    let name = cache.map(|c| (c, c.artifact_name(engine, sha256)));
+    if let Some((cache, name)) = &name
+        && let Some(component) = cache.load(engine, name)
     {
         return Ok((component, ArtifactOrigin::CacheHit));
     }
@@ -334,9 +338,9 @@ fn compile(
             chain_text(&e)
         )
     })?;
-    if let Some((cache, path)) = &path {
+    if let Some((cache, name)) = &name {
         // A cache that cannot be written only costs time on the next run.
-        let _ = cache.store(&component, path);
+        let _ = cache.store(&component, name);
     }
     Ok((component, ArtifactOrigin::Compiled))
 }
