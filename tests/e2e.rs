@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{
-    Lines, apptainer_double, pulls, sandbox_config, stderr, stdout, wait_until, wait_within,
+    Lines, TouchOnDrop, apptainer_double, pulls, sandbox_config, stderr, stdout, wait_until,
+    wait_within,
 };
 
 const TOOLS: &[(&str, &str)] = &[
@@ -586,6 +587,7 @@ fn eight_concurrent_pulls_against_a_real_registry_make_one_sif() {
     let image = format!("{}/e2e/other:1", origin.host());
     // The pull is held until all eight have met at the lock.
     let hold = sifr.dir.path().join("release-the-pull");
+    let _release = TouchOnDrop(hold.clone());
     let mut children: Vec<Child> = (0..8)
         .map(|_| {
             sifr.command(&["pull", &image])

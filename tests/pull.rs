@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    Lines, Reaper, Scratch, apptainer_double, output_within, process_running, pulls, recorded_pids,
-    sandbox_config, stderr, stdout, wait_until, wait_within,
+    Lines, Reaper, Scratch, TouchOnDrop, apptainer_double, output_within, process_running, pulls,
+    recorded_pids, sandbox_config, stderr, stdout, wait_until, wait_within,
 };
 
 /// A bound on how long any one step may hang before the test fails. Generous:
@@ -243,6 +243,7 @@ fn when_every_source_fails_each_attempt_is_listed_with_apptainer_s_stderr() {
 fn sixteen_concurrent_pulls_of_one_image_make_one_apptainer_pull() {
     let env = Env::new();
     let hold = env.hold();
+    let _release = TouchOnDrop(hold.clone());
     let mut children: Vec<_> = (0..16)
         .map(|_| {
             env.command(

@@ -328,3 +328,14 @@ impl Drop for Reaper {
         self.signal_all();
     }
 }
+
+/// Creates its file when dropped. Given the double's `APPTAINER_DOUBLE_HOLD`
+/// file, it releases held pulls however the test ends, so that a failing
+/// test leaves no process waiting forever.
+pub struct TouchOnDrop(pub PathBuf);
+
+impl Drop for TouchOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
