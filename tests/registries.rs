@@ -745,6 +745,10 @@ fn search_entries_are_registries_not_namespaces() {
         )]);
     }
     assert_refused([(
+        "unqualified-search-registries = [\"registry-a.com:65536\"]\n",
+        &["\"registry-a.com:65536\" has a port outside 1 to 65535"][..],
+    )]);
+    assert_refused([(
         "unqualified-search-registries = [\"https://registry-a.com\"]\n",
         &["unqualified-search-registries: entry \"https://registry-a.com\": URI schemes"][..],
     )]);
@@ -1092,6 +1096,8 @@ fn a_location_that_can_never_be_pulled_is_refused_at_load() {
         ("example.com:port/foo", "is not a host[:port]"),
         ("example.com//foo", "empty path component"),
         ("index.docker.io/library", "Docker Hub's old name"),
+        ("example.com:99999/foo", "has a port outside 1 to 65535"),
+        ("example.com:0", "has a port outside 1 to 65535"),
     ] {
         let text = format!("[[registry]]\nprefix = \"example.org\"\nlocation = {location:?}\n");
         assert_refused([(

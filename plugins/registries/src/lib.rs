@@ -208,6 +208,8 @@ fn check_location(key: &str, location: &str) -> Result<(), String> {
     let host = location.split('/').next().unwrap_or_default();
     let checked = if !reference::is_domain(host) {
         Err(format!("{host:?} is not a host[:port]"))
+    } else if !reference::port_is_usable(host) {
+        Err(format!("{host:?} has a port outside 1 to 65535"))
     } else if host == "index.docker.io" {
         Err(
             "index.docker.io is Docker Hub's old name; containers/image takes only docker.io \
@@ -403,6 +405,11 @@ fn search_registry(entry: &str) -> Result<String, String> {
              images (containers/image refuses it too); for a namespace, add an [aliases] entry \
              per short name"
         )));
+    }
+    // Deviation: containers/image takes any digits as a port; no pull can
+    // use one outside 1 to 65535.
+    if !reference::port_is_usable(&registry) {
+        return Err(at(format!("{entry:?} has a port outside 1 to 65535")));
     }
     Ok(registry)
 }

@@ -112,6 +112,19 @@ pub fn is_domain(s: &str) -> bool {
     host_ok && port_ok
 }
 
+/// Whether the port of a `host[:port]`, if it has one, is one a
+/// connection can use (1 to 65535); the grammar takes any digits.
+pub fn port_is_usable(domain: &str) -> bool {
+    let after_host = match domain.rfind(']') {
+        Some(i) => &domain[i + 1..],
+        None => domain,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, port)) => port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)),
+        None => true,
+    }
+}
+
 fn is_domain_component(c: &str) -> bool {
     let b = c.as_bytes();
     !b.is_empty()
