@@ -211,6 +211,34 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     assert_eq!(fourth.plugins()[0].artifact, ArtifactOrigin::Compiled);
 }
 
+#[test]
+fn a_plugin_that_unpins_a_pinned_image_fails_by_name() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    let policy = load(
+        &scratch,
+        &entry("unpinner", &wasm, "[plugin.settings]\nmode = \"unpin\""),
+    )
+    .unwrap();
+    let pinned = ImageRef::parse(&format!("ubuntu:22.04@{DIGEST}")).unwrap();
+    let Outcome::Failed(f) = policy
+        .resolve(&pinned, &Context::new(Purpose::Pull))
+        .outcome
+    else {
+        panic!("a tag pull of a pinned image was planned");
+    };
+    assert_eq!(f.plugin, "unpinner");
+    assert_eq!(
+        f.kind,
+        sifr::FailureKind::InvalidOutput(format!(
+            "source #1 (docker://ubuntu:22.04) does not pull the pinned digest {DIGEST}; \
+             a pinned image is pulled by its digest at every source"
+        ))
+    );
+    // An image that was not pinned may be pulled by tag.
+    assert_eq!(uris(&policy, "ubuntu:22.04"), ["docker://ubuntu:22.04"]);
+}
+
 /// The `.cwasm` artifact of `plugin` in `cache`.
 fn artifact_of(cache: &CompileCache, plugin: &sifr::policy::LoadedPlugin) -> std::path::PathBuf {
     std::fs::read_dir(cache.dir())

@@ -119,12 +119,21 @@ fn denial(conf: &Path, image: &str) -> String {
 /// The file is refused when sifr loads the policy (exit 3), before any
 /// image is looked at: the message.
 fn load_error(text: &str) -> String {
-    match resolve(&conf(text), "a.io/x:1") {
+    let file = conf(text);
+    match resolve(&file, "a.io/x:1") {
         Ok(plan) => panic!("{text:?} was loaded: {plan:?}"),
         Err(Failure {
             code: Some(3),
             stderr,
-        }) if stderr.contains("refused its settings: registries.conf: ") => stderr,
+        }) if stderr.contains("refused its settings: registries.conf: ") => {
+            // The plugin sees only the text; the host names the file.
+            let named = format!(
+                "fix the file (settings-files: `conf` from {})",
+                file.display()
+            );
+            assert!(stderr.contains(&named), "the file is not named: {stderr}");
+            stderr
+        }
         Err(other) => panic!("{text:?}: expected a load error (exit 3), got {other:?}"),
     }
 }
@@ -1113,4 +1122,40 @@ fn a_location_that_can_never_be_pulled_is_refused_at_load() {
         "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"Mirror.example.net/Hub\"\n",
         &["[[registry.mirror]] #1", "must be lowercase"][..],
     )]);
+}
+
+/// Hosts are compared as hosts: sifr hands the plugin canonical references
+/// (lowercase host, no `:443`), and the file's hosts are read the same way.
+#[test]
+fn hosts_match_whatever_their_case_and_443_is_the_host_itself() {
+    let blocked = conf(
+        r#"
+[[registry]]
+location = "BLOCKED.example.com"
+blocked = true
+
+[[registry]]
+prefix = "*.evil.ORG"
+blocked = true
+"#,
+    );
+    for image in [
+        "blocked.example.com/foo:1",
+        "BLOCKED.example.com/foo:1",
+        "blocked.example.com:443/foo:1",
+        "a.EVIL.org/foo:1",
+        "b.a.evil.org:443/foo:1",
+    ] {
+        let why = denial(&blocked, image);
+        assert!(why.contains("blocked"), "{image}: {why}");
+    }
+    assert_eq!(
+        plan(&blocked, "evil.org.example/foo:1"),
+        ["docker://evil.org.example/foo:1"]
+    );
+    let why = load_error("[[registry]]\nlocation = \"example.com:443\"\n");
+    assert!(
+        why.contains("sifr reads host:443 as host") && why.contains("write \"example.com\""),
+        "{why}"
+    );
 }

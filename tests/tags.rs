@@ -121,24 +121,8 @@ fn rules_deny_with_the_rule_named() {
 }
 
 #[test]
-fn prefer_sets_the_reference_when_both_are_known() {
+fn prefer_digest_pins_every_source_and_prefer_tag_is_refused() {
     let image = format!("ubuntu:22.04@{D}");
-    // The tags plugin runs before the default, which would otherwise pin
-    // every source to the digest; so prefer = "tag" is checked alone.
-    let scratch = Scratch::new();
-    let path = scratch.write(
-        "c.toml",
-        "[[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\nprefer = \"tag\"\n",
-    );
-    let tag_first = Policy::load(
-        &Config::load(&ConfigSources::only(path)).unwrap(),
-        &options(),
-    )
-    .unwrap();
-    assert_eq!(
-        decide(&tag_first, &image).unwrap(),
-        ["docker://ubuntu:22.04"]
-    );
     let digest_first = policy("prefer = \"digest\"").unwrap();
     assert_eq!(
         decide(&digest_first, &image).unwrap(),
@@ -147,6 +131,60 @@ fn prefer_sets_the_reference_when_both_are_known() {
     // With only a tag there is nothing to prefer.
     assert_eq!(
         decide(&digest_first, "ubuntu:22.04").unwrap(),
+        ["docker://ubuntu:22.04"]
+    );
+    // A tag pull of a pinned image would pull whatever the tag points at now,
+    // and cache it under the pin.
+    let err = policy("prefer = \"tag\"").unwrap_err().to_string();
+    assert!(
+        err.contains("`prefer = \"tag\"` is not supported: a pinned image is always pulled by its manifest digest"),
+        "{err}"
+    );
+}
+
+#[test]
+fn names_match_as_hosts_do_whatever_their_case() {
+    let rules = policy("deny = [\"EVIL.example.com/**\", \"quay.io/bad/**\"]").unwrap();
+    for image in [
+        "evil.example.com/x:1",
+        "EVIL.example.com/x:1",
+        "evil.example.com:443/x:1",
+        "QUAY.IO/bad/x:1",
+    ] {
+        let reason = decide(&rules, image).unwrap_err();
+        assert!(reason.contains("(rule deny)"), "{image}: {reason}");
+    }
+    assert!(decide(&rules, "quay.io/good/x:1").is_ok());
+    let allow = policy("allow = [\"quay.io/**\"]").unwrap();
+    assert!(decide(&allow, "Quay.IO/biocontainers/blast:2.15.0").is_ok());
+}
+
+#[test]
+fn deny_and_allow_judge_every_source_of_the_plan() {
+    // A user's rewrite runs first; the site's rules run after it.
+    let scratch = Scratch::new();
+    let path = scratch.write(
+        "c.toml",
+        "[[plugin]]\nname = \"rewrite\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+         registries = [\"quay.io\"]\n[[plugin.settings.mirrors]]\n\
+         registry = \"evil.example.com\"\n\
+         [[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\n\
+         allow = [\"quay.io/**\", \"docker.io/**\"]\ndeny = [\"evil.example.com/**\"]\n",
+    );
+    let policy = Policy::load(
+        &Config::load(&ConfigSources::only(path)).unwrap(),
+        &options(),
+    )
+    .unwrap();
+    let reason = decide(&policy, "quay.io/biocontainers/blast:2.15.0").unwrap_err();
+    assert_eq!(
+        reason,
+        "quay.io/biocontainers/blast would be pulled from source #1 \
+         evil.example.com/biocontainers/blast matches \"evil.example.com/**\" (rule deny)"
+    );
+    // Images the rewrite does not touch are planned as before.
+    assert_eq!(
+        decide(&policy, "ubuntu:22.04").unwrap(),
         ["docker://ubuntu:22.04"]
     );
 }

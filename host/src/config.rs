@@ -130,6 +130,9 @@ pub struct PluginSpec {
     pub locked: bool,
     /// The config file that declared it.
     pub declared_in: Option<PathBuf>,
+    /// The settings read from files (`settings-files`): each key and the
+    /// file it came from, so that a refusal can name the file.
+    pub settings_files: Vec<(String, PathBuf)>,
 }
 
 impl PluginSpec {
@@ -143,6 +146,7 @@ impl PluginSpec {
             on_error: OnError::FailClosed,
             locked: false,
             declared_in: None,
+            settings_files: Vec::new(),
         }
     }
 }
@@ -428,8 +432,10 @@ fn plugin_spec(
         None => None,
     };
     let mut settings = entry.settings;
+    let mut settings_files = Vec::new();
     for (key, file) in entry.settings_files {
         let file = dir.join(file);
+        settings_files.push((key.clone(), file.clone()));
         if settings.contains_key(&key) {
             return Err(format!(
                 "plugin '{name}': `{key}` is given both in settings and in settings-files; give it once"
@@ -456,6 +462,7 @@ fn plugin_spec(
         on_error: entry.on_error,
         locked: entry.locked,
         declared_in: Some(file.to_path_buf()),
+        settings_files,
     })
 }
 

@@ -128,12 +128,15 @@ pub enum PluginLoadError {
     },
 
     #[error(
-        "plugin '{plugin}' ({sha256}) refused its settings: {message}; fix [plugin.settings] in its config entry"
+        "plugin '{plugin}' ({sha256}) refused its settings: {message}; {}",
+        settings_hint(files)
     )]
     SettingsRejected {
         plugin: String,
         sha256: String,
         message: String,
+        /// Settings that came from files (`settings-files`), and the files.
+        files: Vec<(String, PathBuf)>,
     },
 
     #[error("plugin '{plugin}' ({sha256}) failed while loading: {failure}")]
@@ -142,6 +145,21 @@ pub enum PluginLoadError {
         sha256: String,
         failure: Box<PluginFailure>,
     },
+}
+
+/// Where to fix refused settings: the files they were read from, if any.
+fn settings_hint(files: &[(String, PathBuf)]) -> String {
+    if files.is_empty() {
+        return "fix [plugin.settings] in its config entry".to_string();
+    }
+    let files: Vec<String> = files
+        .iter()
+        .map(|(key, path)| format!("`{key}` from {}", path.display()))
+        .collect();
+    format!(
+        "fix the file (settings-files: {}) or [plugin.settings] in its config entry",
+        files.join(", ")
+    )
 }
 
 /// A plugin misbehaved during a call: it trapped, panicked, ran out of time

@@ -144,11 +144,9 @@ impl ImageRef {
             Some((first, rest)) if looks_like_registry(first) => (first, rest.to_string(), None),
             _ => (DOCKER_HUB, name.to_string(), Some(name.to_string())),
         };
-        let registry = match registry {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
-            other => other,
-        };
         validate_registry(registry)?;
+        let registry = canonical_registry(registry);
+        let registry = registry.as_str();
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -185,9 +183,32 @@ impl fmt::Display for ImageRef {
 }
 
 /// Docker's rule: the first component names a registry when it has a `.` or
-/// a `:`, or is `localhost`. Otherwise it is a Docker Hub namespace.
+/// a `:`, is `localhost`, or has an uppercase letter (a repository cannot).
+/// Otherwise it is a Docker Hub namespace.
 fn looks_like_registry(component: &str) -> bool {
-    component.contains('.') || component.contains(':') || component == "localhost"
+    component.contains('.')
+        || component.contains(':')
+        || component == "localhost"
+        || component.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// The one spelling of a (valid) registry, so that policies compare hosts
+/// as hosts and not as bytes:
+///
+/// - DNS names are case-insensitive: `QUAY.IO` is `quay.io`.
+/// - `:443` is dropped: it is HTTPS's own port, so `host:443` and `host`
+///   are the same registry, and a rule on one must hold for the other.
+///   (An image that must be pulled over plain HTTP on port 443 is not a
+///   thing registries serve; a plugin that wants it sets the port itself.)
+/// - Docker Hub's other names (`index.docker.io`, `registry-1.docker.io`)
+///   are `docker.io`.
+pub fn canonical_registry(registry: &str) -> String {
+    let lower = registry.to_ascii_lowercase();
+    let host = lower.strip_suffix(":443").unwrap_or(&lower);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// `host[:port]`, where host is a DNS name, an IPv4 address or `[IPv6]`.
@@ -413,6 +434,48 @@ mod tests {
                 None,
                 false,
             ),
+            // Hosts are canonical: lowercase, no :443, one name for Hub.
+            (
+                "BLOCKED.example.com/foo:1",
+                "blocked.example.com",
+                "foo",
+                Some("1"),
+                false,
+            ),
+            (
+                "blocked.example.com:443/foo:1",
+                "blocked.example.com",
+                "foo",
+                Some("1"),
+                false,
+            ),
+            ("a.EVIL.org/foo:1", "a.evil.org", "foo", Some("1"), false),
+            ("QUAY.IO/bad/x:1", "quay.io", "bad/x", Some("1"), false),
+            ("Localhost:5000/foo", "localhost:5000", "foo", None, false),
+            (
+                "INDEX.DOCKER.IO/library/ubuntu",
+                "docker.io",
+                "library/ubuntu",
+                None,
+                false,
+            ),
+            (
+                "registry-1.docker.io:443/ncbi/blast",
+                "docker.io",
+                "ncbi/blast",
+                None,
+                false,
+            ),
+            ("[::1]:443/foo", "[::1]", "foo", None, false),
+            (
+                "example.com:4430/foo",
+                "example.com:4430",
+                "foo",
+                None,
+                false,
+            ),
+            // An uppercase first component is a host, as docker reads it.
+            ("MyReg/foo", "myreg", "foo", None, false),
         ];
         for &(input, registry, repository, tag, digest) in cases {
             let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));

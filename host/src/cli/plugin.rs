@@ -153,6 +153,7 @@ fn check(args: CheckArgs) -> Result<u8> {
         on_error: OnError::FailClosed,
         locked: false,
         declared_in: None,
+        settings_files: Vec::new(),
     };
     let limits = SandboxLimits {
         timeout: Duration::from_millis(args.timeout_ms),

@@ -197,6 +197,7 @@ impl LoadedPlugin {
                 plugin: name,
                 sha256: short,
                 message,
+                files: spec.settings_files.clone(),
             }),
             Err(failure) => Err(PluginLoadError::Failed {
                 plugin: name,
@@ -243,7 +244,7 @@ impl LoadedPlugin {
         });
         CallReport {
             result: report.result.and_then(|decision| {
-                validate::decision(decision)
+                validate::decision(decision, image)
                     .map_err(|reason| self.failure("decide", FailureKind::InvalidOutput(reason)))
             }),
             logs: report.logs,

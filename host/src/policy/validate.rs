@@ -7,7 +7,10 @@
 
 use super::bindings::v0_1_0::sifr::policy::types as wit;
 use super::{PullRef, Source};
-use crate::reference::{ManifestDigest, validate_registry, validate_repository, validate_tag};
+use crate::reference::ImageRef;
+use crate::reference::{
+    ManifestDigest, canonical_registry, validate_registry, validate_repository, validate_tag,
+};
 use crate::untrusted;
 
 /// Most sources a plan may have.
@@ -24,7 +27,8 @@ pub(crate) enum Verdict {
     Deny(String),
 }
 
-pub(crate) fn decision(decision: wit::Decision) -> Result<Verdict, String> {
+/// `decision`, checked: for `image`, which a plan must honour.
+pub(crate) fn decision(decision: wit::Decision, image: &ImageRef) -> Result<Verdict, String> {
     match decision {
         wit::Decision::Deny(reason) => {
             if reason.len() > MAX_REASON {
@@ -48,14 +52,35 @@ pub(crate) fn decision(decision: wit::Decision) -> Result<Verdict, String> {
                     sources.len()
                 ));
             }
-            sources
+            let sources: Vec<Source> = sources
                 .into_iter()
                 .enumerate()
                 .map(|(i, s)| source(s).map_err(|e| format!("source #{}: {e}", i + 1)))
-                .collect::<Result<_, _>>()
-                .map(Verdict::Plan)
+                .collect::<Result<_, _>>()?;
+            honours_pin(&sources, image)?;
+            Ok(Verdict::Plan(sources))
         }
     }
+}
+
+/// A user who pinned a manifest digest gets that image, from wherever it is
+/// pulled: every source must pull exactly that digest. A tag could point
+/// anywhere by now, and the cache would record it under the pin.
+fn honours_pin(sources: &[Source], image: &ImageRef) -> Result<(), String> {
+    let Some(pin) = &image.manifest_digest else {
+        return Ok(());
+    };
+    for (i, s) in sources.iter().enumerate() {
+        if !matches!(&s.reference, PullRef::Digest(d) if d == pin) {
+            return Err(format!(
+                "source #{} ({}) does not pull the pinned digest {pin}; a pinned image is \
+                 pulled by its digest at every source",
+                i + 1,
+                s.uri()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn source(s: wit::Source) -> Result<Source, String> {
@@ -81,7 +106,8 @@ fn source(s: wit::Source) -> Result<Source, String> {
         ));
     }
     Ok(Source {
-        registry: s.registry,
+        // Hosts are compared as hosts by every later plugin and the cache.
+        registry: canonical_registry(&s.registry),
         repository: s.repository,
         reference,
         plain_http: s.plain_http,
@@ -106,6 +132,46 @@ pub(crate) fn to_wit(s: &Source) -> wit::Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decision_for_test(d: wit::Decision) -> Result<Verdict, String> {
+        decision(d, &ImageRef::parse("ubuntu:22.04").unwrap())
+    }
+
+    #[test]
+    fn a_pinned_image_is_pulled_by_its_digest_at_every_source() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let other = format!("sha256:{}", "cd".repeat(32));
+        let image = ImageRef::parse(&format!("ubuntu:22.04@{pin}")).unwrap();
+        let plan = |refs: Vec<wit::PullRef>| {
+            wit::Decision::Plan(
+                refs.into_iter()
+                    .map(|r| wit_source("mirror.example", "library/ubuntu", r))
+                    .collect(),
+            )
+        };
+        let by_pin = || wit::PullRef::Digest(pin.clone());
+        assert!(decision(plan(vec![by_pin(), by_pin()]), &image).is_ok());
+        for bad in [
+            vec![by_pin(), wit::PullRef::Tag("22.04".into())],
+            vec![wit::PullRef::Digest(other.clone())],
+        ] {
+            let err = decision(plan(bad), &image).unwrap_err();
+            assert!(err.contains("does not pull the pinned digest"), "{err}");
+        }
+    }
+
+    #[test]
+    fn registries_come_out_canonical() {
+        let plan = wit::Decision::Plan(vec![wit_source(
+            "MIRROR.Example:443",
+            "a",
+            wit::PullRef::Tag("1".into()),
+        )]);
+        let Ok(Verdict::Plan(sources)) = decision_for_test(plan) else {
+            panic!("refused");
+        };
+        assert_eq!(sources[0].registry, "mirror.example");
+    }
 
     fn wit_source(registry: &str, repository: &str, reference: wit::PullRef) -> wit::Source {
         wit::Source {
@@ -136,14 +202,17 @@ mod tests {
         ];
         for s in bad {
             let shown = format!("{s:?}");
-            assert!(decision(wit::Decision::Plan(vec![s])).is_err(), "{shown}");
+            assert!(
+                decision_for_test(wit::Decision::Plan(vec![s])).is_err(),
+                "{shown}"
+            );
         }
         let good = wit_source(
             "mirror.example:5000",
             "dockerhub/library/ubuntu",
             tag("22.04"),
         );
-        assert!(decision(wit::Decision::Plan(vec![good])).is_ok());
+        assert!(decision_for_test(wit::Decision::Plan(vec![good])).is_ok());
     }
 
     #[test]
@@ -151,25 +220,25 @@ mod tests {
         let ok = || wit_source("reg.io", "a", wit::PullRef::Tag("1".into()));
         let many = (0..=MAX_SOURCES).map(|_| ok()).collect();
         assert!(
-            decision(wit::Decision::Plan(many))
+            decision_for_test(wit::Decision::Plan(many))
                 .unwrap_err()
                 .contains("sources")
         );
         let mut long_note = ok();
         long_note.note = "x".repeat(MAX_NOTE + 1);
         assert!(
-            decision(wit::Decision::Plan(vec![long_note]))
+            decision_for_test(wit::Decision::Plan(vec![long_note]))
                 .unwrap_err()
                 .contains("note")
         );
         let reason = "x".repeat(MAX_REASON + 1);
         assert!(
-            decision(wit::Decision::Deny(reason))
+            decision_for_test(wit::Decision::Deny(reason))
                 .unwrap_err()
                 .contains("reason")
         );
         assert!(
-            decision(wit::Decision::Plan(vec![]))
+            decision_for_test(wit::Decision::Plan(vec![]))
                 .unwrap_err()
                 .contains("empty plan")
         );

@@ -57,6 +57,13 @@ impl Guest for MirrorPolicy {
                     .to_string(),
             );
         }
+        // sifr hands plugins canonical hosts (lowercase, no `:443`); compare
+        // the configured ones the same way.
+        let mut settings = settings;
+        for registry in &mut settings.registries {
+            let lower = registry.to_ascii_lowercase();
+            *registry = lower.strip_suffix(":443").unwrap_or(&lower).to_string();
+        }
         SETTINGS.with(|s| *s.borrow_mut() = Some(settings));
         Ok(())
     }

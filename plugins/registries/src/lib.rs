@@ -197,7 +197,21 @@ fn parse_location(key: &str, value: &str) -> Result<String, String> {
             ));
         }
     }
-    Ok(trimmed.to_string())
+    // Deviation: hosts are compared as hosts. sifr hands plugins canonical
+    // references (lowercase host, no `:443`), so the host part is
+    // lowercased here, and a `:443` that could never match is refused.
+    let (host, rest) = match trimmed.find('/') {
+        Some(i) => trimmed.split_at(i),
+        None => (trimmed, ""),
+    };
+    if let Some(bare) = host.strip_suffix(":443") {
+        return Err(format!(
+            "{key} {value:?}: sifr reads host:443 as host (HTTPS's own port), so this never \
+             matches as written; write {:?}",
+            format!("{bare}{rest}")
+        ));
+    }
+    Ok(format!("{}{rest}", host.to_ascii_lowercase()))
 }
 
 /// Deviation: a location must be `host[:port][/path]` (a `:tag` or

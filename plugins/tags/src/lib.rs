@@ -16,10 +16,21 @@
 //!
 //! Globs match `registry/repository` (or the tag, for `deny-tags`). `*`
 //! matches within one path component, `**` across components, `?` one
-//! character, `[...]` a class and `{a,b}` either. Every denial names the
-//! rule that fired. Rules are checked in this order: `deny`, `allow`,
-//! `deny-latest`, `deny-tags`, `require-digest`. Then `prefer` sets the
-//! reference of every source when both a tag and a manifest digest are known.
+//! character, `[...]` a class and `{a,b}` either. Names match without
+//! regard to case, as hosts do (repositories are lowercase anyway); tags
+//! match exactly. Every denial names the rule that fired. Rules are checked
+//! in this order: `deny`, `allow`, `deny-latest`, `deny-tags`,
+//! `require-digest`.
+//!
+//! `deny` and `allow` judge the whole plan, not just the image asked for:
+//! every source the previous plugins planned (mirrors, rewrites) must pass
+//! them too, so a user's rewrite of `quay.io/x` to a denied host is caught
+//! by a site-locked rule that runs after it.
+//!
+//! `prefer = "digest"` pulls every source by the manifest digest when the
+//! reference has one. `prefer = "tag"` is refused: a pinned image is always
+//! pulled by its digest (sifr checks every plan for it), since a tag may
+//! point elsewhere by now.
 
 use std::cell::RefCell;
 
@@ -56,11 +67,23 @@ struct Globs {
 }
 
 impl Globs {
-    fn new(setting: &str, patterns: &[String]) -> Result<Self, String> {
+    /// Patterns for names (`registry/repository`): matched without regard
+    /// to case.
+    fn names(setting: &str, patterns: &[String]) -> Result<Self, String> {
+        Self::new(setting, patterns, true)
+    }
+
+    /// Patterns for tags: matched exactly.
+    fn tags(setting: &str, patterns: &[String]) -> Result<Self, String> {
+        Self::new(setting, patterns, false)
+    }
+
+    fn new(setting: &str, patterns: &[String], case_insensitive: bool) -> Result<Self, String> {
         let mut builder = GlobSetBuilder::new();
         for pattern in patterns {
             let glob: Glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
+                .case_insensitive(case_insensitive)
                 .build()
                 .map_err(|e| format!("`{setting}`: {pattern:?} is not a valid glob: {e}"))?;
             builder.add(glob);
@@ -96,33 +119,60 @@ thread_local! {
 
 impl Rules {
     fn from_settings(s: Settings) -> Result<Self, String> {
+        if s.prefer == Some(Prefer::Tag) {
+            return Err(
+                "`prefer = \"tag\"` is not supported: a pinned image is always pulled \
+                        by its manifest digest, since its tag may point elsewhere by now; \
+                        remove it, or pin by tag alone"
+                    .to_string(),
+            );
+        }
         Ok(Self {
             deny_latest: s.deny_latest,
-            deny_tags: Globs::new("deny-tags", &s.deny_tags)?,
-            require_digest: Globs::new("require-digest", &s.require_digest)?,
+            deny_tags: Globs::tags("deny-tags", &s.deny_tags)?,
+            require_digest: Globs::names("require-digest", &s.require_digest)?,
             allow: s
                 .allow
                 .as_deref()
-                .map(|a| Globs::new("allow", a))
+                .map(|a| Globs::names("allow", a))
                 .transpose()?,
-            deny: Globs::new("deny", &s.deny)?,
+            deny: Globs::names("deny", &s.deny)?,
             prefer: s.prefer,
         })
     }
 
-    /// Why `image` is refused, naming the rule, or `None`.
-    fn refusal(&self, image: &ImageRef) -> Option<String> {
-        let name = format!("{}/{}", image.registry, image.repository);
-        if let Some(pattern) = self.deny.matching(&name) {
-            return Some(format!("{name} matches {pattern:?} (rule deny)"));
+    /// Why `name` (`registry/repository`) is refused by `deny` or `allow`;
+    /// `what` says what it is (the image, or a source of the plan).
+    fn list_refusal(&self, name: &str, what: &str) -> Option<String> {
+        if let Some(pattern) = self.deny.matching(name) {
+            return Some(format!("{what}{name} matches {pattern:?} (rule deny)"));
         }
         if let Some(allow) = &self.allow
-            && allow.matching(&name).is_none()
+            && allow.matching(name).is_none()
         {
             return Some(format!(
-                "{name} is not in the allowed list (rule allow: {})",
+                "{what}{name} is not in the allowed list (rule allow: {})",
                 allow.patterns.join(", ")
             ));
+        }
+        None
+    }
+
+    /// Why `image`, to be pulled by `plan`, is refused, naming the rule, or
+    /// `None`.
+    fn refusal(&self, image: &ImageRef, plan: &[Source]) -> Option<String> {
+        let name = format!("{}/{}", image.registry, image.repository);
+        if let Some(why) = self.list_refusal(&name, "") {
+            return Some(why);
+        }
+        for (i, source) in plan.iter().enumerate() {
+            let planned = format!("{}/{}", source.registry, source.repository);
+            if planned != name {
+                let what = format!("{name} would be pulled from source #{} ", i + 1);
+                if let Some(why) = self.list_refusal(&planned, &what) {
+                    return Some(why);
+                }
+            }
         }
         let pinned = image.manifest_digest.is_some();
         if self.deny_latest && !pinned {
@@ -173,23 +223,14 @@ impl Guest for TagPolicy {
         RULES.with(|r| {
             let r = r.borrow();
             let rules = r.as_ref().expect("configure() runs before decide()");
-            if let Some(reason) = rules.refusal(&image) {
+            if let Some(reason) = rules.refusal(&image, &plan) {
                 return Decision::Deny(reason);
             }
-            let reference = match (rules.prefer, &image.tag, &image.manifest_digest) {
-                (Some(Prefer::Tag), Some(tag), Some(_)) => Some(PullRef::Tag(tag.clone())),
-                (Some(Prefer::Digest), Some(_), Some(digest)) => {
-                    Some(PullRef::Digest(digest.clone()))
-                }
-                _ => None,
+            let reference = match (rules.prefer, &image.manifest_digest) {
+                (Some(Prefer::Digest), Some(digest)) => PullRef::Digest(digest.clone()),
+                _ => return Decision::Plan(plan),
             };
-            let Some(reference) = reference else {
-                return Decision::Plan(plan);
-            };
-            let why = match reference {
-                PullRef::Tag(_) => "by tag (prefer = \"tag\")",
-                PullRef::Digest(_) => "by digest (prefer = \"digest\")",
-            };
+            let why = "by digest (prefer = \"digest\")";
             Decision::Plan(
                 plan.into_iter()
                     .map(|s| Source {

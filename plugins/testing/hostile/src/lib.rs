@@ -192,6 +192,15 @@ impl Guest for Hostile {
                 }])
             }
             "deny-escapes" => Decision::Deny(format!("denied {EVIL}")),
+            // Pulls a pinned image by its tag: whatever the tag points at now.
+            "unpin" => Decision::Plan(
+                plan.into_iter()
+                    .map(|s| Source {
+                        reference: PullRef::Tag(image.tag.clone().unwrap_or("latest".into())),
+                        ..s
+                    })
+                    .collect(),
+            ),
             // What WASI lets a plugin see and do, reported as log lines; the
             // host must deny all of it.
             "probe" => {
