@@ -107,7 +107,7 @@ Controls (environment; empty means unset):
   APPTAINER_DOUBLE_PID_FILE=PATH   append each invocation's process id (and its
                                    helper's) to PATH, one per line
   APPTAINER_DOUBLE_HOLD=PATH       a pull, once under way (fake: its file begun),
-                                   waits until PATH exists
+                                   waits until PATH exists (or its directory is gone)
  fake backend only (a real pull refuses them):
   APPTAINER_DOUBLE_SLEEP_MS=N      a pull takes N ms, spread over its writes
   APPTAINER_DOUBLE_DIE=1           a pull writes half its file, then SIGKILLs itself
