@@ -428,3 +428,101 @@ fn help_teaches_and_usage_errors_exit_2() {
     let out = scratch.sifr(&["resolve"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `sifr ARGS` as a user would run it on a node whose `/etc/sifr/` holds
+/// `site`: `/etc` is overlaid in a private mount namespace, so the site
+/// layer is read from its real, fixed path, and nothing on the host
+/// changes.
+fn sifr_with_site_file(scratch: &Scratch, site: &str, args: &[&str]) -> std::process::Output {
+    let upper = scratch.path().join("etc-upper");
+    std::fs::create_dir_all(upper.join("sifr")).unwrap();
+    std::fs::create_dir_all(scratch.path().join("etc-work")).unwrap();
+    std::fs::write(upper.join("sifr/config.toml"), site).unwrap();
+    let overlay = format!(
+        "lowerdir=/etc,upperdir={},workdir={}",
+        upper.display(),
+        scratch.path().join("etc-work").display()
+    );
+    std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t overlay overlay -o \"$0\" /etc && shift && exec \"$@\"")
+        .arg(overlay)
+        .arg("-")
+        .arg(env!("CARGO_BIN_EXE_sifr"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache/sifr"))
+        .env_remove("SIFR_CONFIG")
+        .output()
+        .expect("running unshare (util-linux)")
+}
+
+#[test]
+#[cfg_attr(
+    not(sifr_e2e),
+    ignore = "needs root, unshare(1) and overlayfs for a private /etc: run with SIFR_E2E=1"
+)]
+fn the_site_file_locks_its_rules_and_limits_against_every_user_layer() {
+    let scratch = Scratch::new();
+    let site = "[sandbox]\ntimeout-ms = 10000\n\
+                [[plugin]]\nname = \"site-rules\"\nbuiltin = \"tags\"\nlocked = true\n\
+                [plugin.settings]\ndeny-latest = true\ndeny = [\"evil.example.com/**\"]\n";
+    // The user tries everything a user file can: an empty chain, a 1 ms
+    // deadline for every plugin, and a rewrite to a registry the site denies.
+    std::fs::create_dir_all(scratch.path().join("config/sifr")).unwrap();
+    scratch.write(
+        "config/sifr/config.toml",
+        "plugin = []\n[sandbox]\ntimeout-ms = 1\n",
+    );
+    let rewrite = scratch.write(
+        "rewrite.toml",
+        "[[plugin]]\nname = \"mine\"\nbuiltin = \"mirror\"\non-error = \"fail-open\"\n\
+         [plugin.settings]\nregistries = [\"quay.io\"]\n\
+         [[plugin.settings.mirrors]]\nregistry = \"EVIL.example.com\"\n",
+    );
+    let rewrite = rewrite.to_str().unwrap();
+
+    // Probe: the overlay works here (a failure to mount must fail the test,
+    // not pass it).
+    let out = sifr_with_site_file(&scratch, site, &["plugin", "ls"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("site-rules"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("locked"), "{}", stdout(&out));
+
+    let out = sifr_with_site_file(&scratch, site, &["resolve", "ubuntu"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("denied by plugin 'site-rules'")
+            && stderr(&out).contains("(rule deny-latest)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sifr_with_site_file(&scratch, site, &["resolve", "ubuntu:22.04"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "docker://ubuntu:22.04\n");
+
+    // The user's rewrite to a denied host is judged by the site's rule,
+    // which runs after it.
+    let out = sifr_with_site_file(
+        &scratch,
+        site,
+        &[
+            "--config",
+            rewrite,
+            "resolve",
+            "quay.io/biocontainers/blast:2.15.0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("would be pulled from source #1 evil.example.com/biocontainers/blast"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Without the site file, the same user layers would have had their way.
+    let out = scratch.sifr(&["resolve", "ubuntu"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
