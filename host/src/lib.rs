@@ -19,6 +19,7 @@ pub mod apptainer;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod front;
 pub mod policy;
 pub mod reference;
 pub mod runtime;
