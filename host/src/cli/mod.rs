@@ -1,6 +1,7 @@
 //! Command-line parsing, output and exit codes.
 
 mod cache;
+pub mod front;
 mod plugin;
 mod progress;
 mod pull;
@@ -115,6 +116,15 @@ enum Command {
     /// Inspect and test policy plugins.
     #[command(subcommand)]
     Plugin(plugin::Command),
+
+    /// sifr as `apptainer`: install the front, and see what it does.
+    ///
+    /// Invoked as `apptainer` or `singularity` (links that `sifr front
+    /// install DIR` makes), sifr takes over `docker://` pulls and the
+    /// `docker://` images of exec, run, shell, inspect and test, and passes
+    /// everything else to the real apptainer untouched.
+    #[command(subcommand)]
+    Front(front::Command),
 }
 
 /// What the CLI needs from the global flags.
@@ -182,6 +192,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => pull::run(&globals, args, sifr::apptainer::RunMode::Exec),
         Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
+        Command::Front(command) => front::run(&globals, command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

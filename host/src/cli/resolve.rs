@@ -138,7 +138,7 @@ fn to_json(input: &str, resolution: &Resolution) -> serde_json::Value {
     out
 }
 
-fn explain(input: &str, resolution: &Resolution) -> String {
+pub(super) fn explain(input: &str, resolution: &Resolution) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{input}");
     let _ = writeln!(out, "  image: {}", resolution.image);
