@@ -128,6 +128,11 @@ pub struct ActionOptions {
     pub nv: bool,
     pub contain: bool,
     pub writable_tmpfs: bool,
+    /// `--home SRC[:DST]`, as workflow engines pass it (Snakemake: the
+    /// working directory).
+    pub home: Option<String>,
+    /// `--pid` (Nextflow passes it): accepted, no effect.
+    pub pid: bool,
 }
 
 /// Parse the argv after the program name.
@@ -136,6 +141,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, Failure> {
     let positionals = match parse_flags(ROOT_FLAGS, args, |hit| {
         match hit {
             Hit::Switch(RootSwitch::Version, on) => version = on,
+            // Output levels (Snakemake passes --quiet --silent, Nextflow
+            // -q -v): accepted, no effect.
+            Hit::Switch(RootSwitch::Quiet | RootSwitch::Silent | RootSwitch::Verbose, _) => {}
             Hit::Value(never, _) => match never {},
         }
         Ok(())
@@ -245,10 +253,12 @@ impl ActionOptions {
                     ActionSwitch::Nv => &mut self.nv,
                     ActionSwitch::Contain => &mut self.contain,
                     ActionSwitch::WritableTmpfs => &mut self.writable_tmpfs,
+                    ActionSwitch::Pid => &mut self.pid,
                 };
                 *field = on;
             }
             Hit::Value(ActionValue::Pwd, dir) => self.pwd = Some(dir),
+            Hit::Value(ActionValue::Home, spec) => self.home = Some(spec),
             Hit::Value(ActionValue::Bind, spec) => self.binds.push(spec),
             Hit::Value(ActionValue::Env, value) => {
                 let pairs = parse_env_value(&value).map_err(|err| {
@@ -387,10 +397,17 @@ enum Never {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RootSwitch {
     Version,
+    Quiet,
+    Silent,
+    Verbose,
 }
 
-const ROOT_FLAGS: &[FlagSpec<RootSwitch, Never>] =
-    &[FlagSpec::switch(RootSwitch::Version, "version", None)];
+const ROOT_FLAGS: &[FlagSpec<RootSwitch, Never>] = &[
+    FlagSpec::switch(RootSwitch::Version, "version", None),
+    FlagSpec::switch(RootSwitch::Quiet, "quiet", Some('q')),
+    FlagSpec::switch(RootSwitch::Silent, "silent", Some('s')),
+    FlagSpec::switch(RootSwitch::Verbose, "verbose", Some('v')),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PullSwitch {
@@ -418,6 +435,7 @@ enum ActionSwitch {
     Nv,
     Contain,
     WritableTmpfs,
+    Pid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,6 +443,7 @@ enum ActionValue {
     Pwd,
     Bind,
     Env,
+    Home,
 }
 
 const ACTION_FLAGS: &[FlagSpec<ActionSwitch, ActionValue>] = &[
@@ -436,6 +455,8 @@ const ACTION_FLAGS: &[FlagSpec<ActionSwitch, ActionValue>] = &[
     FlagSpec::switch(ActionSwitch::Nv, "nv", None),
     FlagSpec::switch(ActionSwitch::Contain, "contain", Some('c')),
     FlagSpec::switch(ActionSwitch::WritableTmpfs, "writable-tmpfs", None),
+    FlagSpec::value(ActionValue::Home, "home", Some('H')),
+    FlagSpec::switch(ActionSwitch::Pid, "pid", Some('p')),
 ];
 
 /// Parse leading flags as pflag does with interspersing off, handing each
@@ -699,6 +720,34 @@ mod tests {
         );
         assert_eq!(exec.image, "/c/x.sif");
         assert_eq!(exec.command, argv(&["ls", "-l"]));
+    }
+
+    /// What workflow engines send through sifr's front: Snakemake's
+    /// `[--quiet --silent] exec --home DIR --bind …`, Nextflow's
+    /// `[-q -v] exec --no-home --pid -B DIR`.
+    #[test]
+    fn engine_command_lines() {
+        let exec = action(&[
+            "--quiet", "--silent", "exec", "--home", "/w", "--bind", "/a", "x.sif", "bash", "-c",
+            "true",
+        ]);
+        assert_eq!(exec.options.home.as_deref(), Some("/w"));
+        assert_eq!(exec.image, "x.sif");
+        let exec = action(&[
+            "-q",
+            "-v",
+            "exec",
+            "--no-home",
+            "--pid",
+            "-B",
+            "/w",
+            "x.sif",
+            "/bin/bash",
+            "-c",
+            "x",
+        ]);
+        assert!(exec.options.no_home && exec.options.pid);
+        assert_eq!(exec.command, argv(&["/bin/bash", "-c", "x"]));
     }
 
     #[test]

@@ -94,6 +94,12 @@ Action options (flags stop at IMAGE.sif; what follows goes to the command):
   -c, --contain          accepted, no effect
       --writable-tmpfs   fake: no effect; real: the root is writable, and
                          what is written is discarded after the run
+  -H, --home SRC[:DST]   fake: no effect; real: SRC bound at DST (default
+                         SRC) and HOME=DST; as engines pass it (Snakemake)
+  -p, --pid              accepted, no effect (Nextflow passes it)
+ Without --pwd, real: the command starts in the host's working directory
+ when --home or a bind brings it into the container, as with apptainer.
+ Root flags -q/--quiet, -s/--silent, -v/--verbose: accepted, no effect.
 
 Controls (environment; empty means unset):
   APPTAINER_DOUBLE_BACKEND=fake|real

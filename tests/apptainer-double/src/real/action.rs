@@ -95,12 +95,14 @@ pub(super) fn launch(
         ActionKind::Exec => args.command.clone(),
     };
     check_command(&rootfs, &command, &args.options, &checked.binds)?;
+    let cwd = std::env::current_dir().ok();
     let sandbox = Sandbox {
         rootfs: &rootfs,
         image: &checked.image,
         binds: &checked.binds,
         options: &args.options,
         command: &command,
+        cwd: cwd.as_deref(),
     };
     // A signal while unpacking: stop here (see `run`).
     if signals::received().is_some() {
@@ -292,6 +294,8 @@ struct Sandbox<'a> {
     binds: &'a [Bind],
     options: &'a ActionOptions,
     command: &'a [String],
+    /// The host's working directory, kept when a mount brings it in.
+    cwd: Option<&'a Path>,
 }
 
 impl Sandbox<'_> {
@@ -309,6 +313,17 @@ impl Sandbox<'_> {
         push(&["--proc".as_ref(), "/proc".as_ref()]);
         push(&["--dev".as_ref(), "/dev".as_ref()]);
         push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
+        // `--home SRC[:DST]`: SRC is the home, bound at DST (default SRC).
+        let home = options
+            .home
+            .as_deref()
+            .map(|spec| match spec.split_once(':') {
+                Some((source, destination)) => (source, destination),
+                None => (spec, spec),
+            });
+        if let Some((source, destination)) = home {
+            push(&["--bind".as_ref(), source.as_ref(), destination.as_ref()]);
+        }
         for bind in self.binds {
             let kind = if bind.read_only {
                 "--ro-bind"
@@ -327,8 +342,25 @@ impl Sandbox<'_> {
         if !options.writable_tmpfs {
             push(&["--remount-ro".as_ref(), "/".as_ref()]);
         }
+        // Like apptainer, without --pwd the command starts in the host's
+        // working directory when a mount brings it into the container.
+        let kept_cwd = self.cwd.and_then(|cwd| {
+            let mounts = home.into_iter().chain(
+                self.binds
+                    .iter()
+                    .map(|b| (b.source.as_str(), b.destination.as_str())),
+            );
+            mounts
+                .filter_map(|(source, destination)| {
+                    let rest = cwd.strip_prefix(source).ok()?;
+                    Some(Path::new(destination).join(rest).into_os_string())
+                })
+                .next()
+        });
         if let Some(dir) = &options.pwd {
             push(&["--chdir".as_ref(), dir.as_ref()]);
+        } else if let Some(dir) = &kept_cwd {
+            push(&["--chdir".as_ref(), dir]);
         }
         let mut env: BTreeMap<&str, &OsStr> = BTreeMap::new();
         if options.clean_env {
@@ -342,6 +374,9 @@ impl Sandbox<'_> {
         env.insert("APPTAINER_CONTAINER", self.image.as_os_str());
         if let Some(name) = self.image.file_name() {
             env.insert("APPTAINER_NAME", name);
+        }
+        if let Some((_, destination)) = home {
+            env.insert("HOME", destination.as_ref());
         }
         for (key, value) in env {
             push(&["--setenv".as_ref(), key.as_ref(), value]);
@@ -370,6 +405,7 @@ mod tests {
             binds,
             options,
             command: &command,
+            cwd: None,
         }
         .bwrap_args()
     }
@@ -456,6 +492,35 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    /// Snakemake's `exec --home <workdir> …`, run from that workdir: the
+    /// home is bound, HOME is set, and the command starts there.
+    #[test]
+    fn home_is_bound_and_the_working_directory_kept() {
+        let options = ActionOptions {
+            home: Some("/work/flow".into()),
+            ..ActionOptions::default()
+        };
+        let command = ["sh".to_owned()];
+        let args = Sandbox {
+            rootfs: Path::new("/scratch/rootfs"),
+            image: Path::new("/images/a.sif"),
+            binds: &[],
+            options: &options,
+            command: &command,
+            cwd: Some(Path::new("/work/flow/sub")),
+        }
+        .bwrap_args();
+        let args = argv(&args);
+        assert_eq!(args[10..13], ["--bind", "/work/flow", "/work/flow"]);
+        let chdir = args.iter().position(|a| *a == "--chdir").unwrap();
+        assert_eq!(args[chdir + 1], "/work/flow/sub");
+        let home = args.iter().position(|a| *a == "HOME").unwrap();
+        assert_eq!(args[home + 1], "/work/flow");
+        // Elsewhere, the command starts where bubblewrap puts it.
+        let elsewhere = sandbox_args(&options, &[], &["sh"]);
+        assert!(!argv(&elsewhere).contains(&"--chdir"));
     }
 
     #[test]
