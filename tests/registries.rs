@@ -1028,16 +1028,19 @@ fn short_name_mode_defaults_to_enforcing() {
 /// routes a table through its `proxy`; sifr refuses all three, saying what
 /// to do.
 #[test]
-fn unknown_keys_version_1_files_and_proxies_are_refused() {
+fn unknown_keys_and_proxies_are_refused() {
     assert_refused([
-        (
-            "[registries.search]\nregistries = [\"docker.io\"]\n",
-            &["version 1 format", "convert it"][..],
-        ),
         (
             "[[registry]]\nlocation = \"a.io\"\nmirors = []\n",
             &[
                 "unknown field `mirors`",
+                "sifr refuses keys it does not know",
+            ][..],
+        ),
+        (
+            "[registries.search]\nregistries = [\"a.io\"]\nregistires = []\n",
+            &[
+                "unknown field `registires`",
                 "sifr refuses keys it does not know",
             ],
         ),
@@ -1158,4 +1161,371 @@ blocked = true
         why.contains("sifr reads host:443 as host") && why.contains("write \"example.com\""),
         "{why}"
     );
+}
+
+/// The deprecated version 1 format means what containers/image converts
+/// it to: search registries, insecure and blocked registries. It loads
+/// with a warning; mixed with version 2 keys it is refused.
+#[test]
+fn version_1_files_are_read_as_containers_image_converts_them_with_a_warning() {
+    let v1 = fixture("v1.conf");
+    assert_plans(
+        &v1,
+        [
+            // [registries.search] with one registry: the short name's candidate.
+            (
+                "ubuntu:22.04",
+                &["docker://registry.example.org/ubuntu:22.04"][..],
+            ),
+            // [registries.insecure]: plain HTTP.
+            (
+                "registry.example.org:5000/x:1",
+                &["docker://registry.example.org:5000/x:1 (http)"],
+            ),
+            ("quay.io/x:1", &["docker://quay.io/x:1"]),
+        ],
+    );
+    // [registries.block], also when the registry is insecure too.
+    for image in ["untrusted.example.com/x:1", "build.example.org/y:2"] {
+        let reason = denial(&v1, image);
+        assert!(
+            reason.contains("blocked") && reason.contains("[registries.block] entry"),
+            "{image}: {reason}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
+        .arg("--config")
+        .arg(config_for(&v1))
+        .args(["resolve", "quay.io/x:1"])
+        .env("SIFR_CACHE_DIR", cache().join("sifr"))
+        .env("XDG_CONFIG_HOME", cache().join("xdg"))
+        .env_remove("SIFR_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deprecated version 1 format") && stderr(&out).contains("convert it"),
+        "no deprecation warning: {}",
+        stderr(&out)
+    );
+
+    assert_refused([
+        (
+            "unqualified-search-registries = [\"a.io\"]\n[registries.block]\nregistries = [\"b.io\"]\n",
+            &[
+                "mixes the version 1 format",
+                "unqualified-search-registries",
+                "mixing sysregistry v1/v2 is not supported",
+            ][..],
+        ),
+        (
+            "[registries.block]\nregistries = [\"b.io\"]\n[[registry]]\nlocation = \"c.io\"\n",
+            &["mixes the version 1 format", "registry"],
+        ),
+        (
+            "[registries.search]\nregistries = [\"docker.io/library\"]\n",
+            &["unqualified-search-registries", "not a host[:port]"],
+        ),
+        (
+            "[registries.insecure]\nregistries = [\"https://a.io\"]\n",
+            &["[registries.insecure]", "URI schemes are not supported"],
+        ),
+    ]);
+}
+
+/// A root holding `etc/containers/registries.conf` (`main`, when given) and
+/// `etc/containers/registries.conf.d/NAME` for each drop-in.
+fn system_root(main: Option<&str>, drop_ins: &[(&str, &str)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc/containers");
+    std::fs::create_dir_all(etc.join("registries.conf.d")).unwrap();
+    if let Some(main) = main {
+        std::fs::write(etc.join("registries.conf"), main).unwrap();
+    }
+    for (name, text) in drop_ins {
+        std::fs::write(etc.join("registries.conf.d").join(name), text).unwrap();
+    }
+    root
+}
+
+/// The registries plugin over the system's files under `root`
+/// (`settings-files = { conf = "system" }`, with the library's root knob).
+fn system_policy(root: &Path) -> Result<sifr::Policy, sifr::Error> {
+    let dir = cache().join("configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("system.toml");
+    let tmp = dir.join(format!("system.{:?}.tmp", std::thread::current().id()));
+    std::fs::write(
+        &tmp,
+        "[[plugin]]\nname = \"registries\"\nbuiltin = \"registries\"\nsettings-files = { conf = \"system\" }\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let config = sifr::Config::load(&sifr::ConfigSources {
+        cli: Some(path),
+        containers_root: Some(root.to_path_buf()),
+        ..Default::default()
+    })?;
+    let options = sifr::PolicyOptions {
+        compile_cache: sifr::policy::CompileCache::for_cache_root(&cache().join("sifr")),
+    };
+    sifr::Policy::load(&config, &options)
+}
+
+/// The URIs `policy` plans for `image` (` (http)` for plain HTTP), or why it
+/// refuses it.
+fn system_plan(policy: &sifr::Policy, image: &str) -> Result<Vec<String>, String> {
+    let image = sifr::ImageRef::parse(image).unwrap();
+    let ctx = sifr::Context::new(sifr::Purpose::Pull);
+    match policy.resolve(&image, &ctx).into_plan() {
+        Ok(sources) => Ok(sources
+            .iter()
+            .map(|s| {
+                if s.plain_http {
+                    format!("{} (http)", s.uri())
+                } else {
+                    s.uri()
+                }
+            })
+            .collect()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A distribution's registries.conf, containers' shortnames.conf as the
+/// drop-in `000-shortnames.conf`, and a site drop-in, read from the system
+/// locations as `settings-files = { conf = "system" }`.
+#[test]
+fn the_system_registries_conf_and_its_drop_ins_are_one_policy() {
+    let root = fixture("system");
+    let policy = system_policy(&root).unwrap();
+    let cases: &[(&str, Result<&[&str], &str>)] = &[
+        // shortnames.conf aliases, then the site drop-in's mirror for Hub.
+        (
+            "fedora:40",
+            Ok(&["docker://registry.fedoraproject.org/fedora:40"]),
+        ),
+        (
+            "ubi9/ubi-minimal:9.4",
+            Ok(&["docker://registry.access.redhat.com/ubi9/ubi-minimal:9.4"]),
+        ),
+        (
+            "busybox:1.36",
+            Ok(&[
+                "docker://cache.example.org:5000/hub/library/busybox:1.36",
+                "docker://busybox:1.36",
+            ]),
+        ),
+        // An alias from the site drop-in.
+        (
+            "blast:2.15.0",
+            Ok(&["docker://quay.io/biocontainers/blast:2.15.0"]),
+        ),
+        // The main file's three search registries, enforcing: ambiguous.
+        ("samtools:1.19", Err("is ambiguous")),
+        // The site drop-in blocks, and the denial names the drop-in.
+        ("untrusted.example.com/x:1", Err("50-site.conf")),
+        ("quay.io/x:1", Ok(&["docker://quay.io/x:1"])),
+    ];
+    for (image, expected) in cases {
+        match (system_plan(&policy, image), expected) {
+            (Ok(plan), Ok(uris)) => assert_eq!(plan, *uris, "{image}"),
+            (Err(why), Err(part)) => assert!(why.contains(part), "{image}: {why}"),
+            (got, _) => panic!("{image}: expected {expected:?}, got {got:?}"),
+        }
+    }
+}
+
+/// containers/image's merge (`updateWithConfigurationFrom`): drop-ins in
+/// lexical order, each over what came before. A table replaces the table
+/// of its prefix; search registries and the mode are replaced when a
+/// drop-in sets them (`[]` empties the list); aliases merge by name, `""`
+/// undoing an earlier one. No file is required.
+#[test]
+fn drop_ins_merge_over_the_main_file_as_containers_image_merges_them() {
+    let main = "unqualified-search-registries = [\"a.io\"]\n\
+                [[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"main-mirror.io\"\n\
+                [[registry]]\nlocation = \"keep.io\"\n[[registry.mirror]]\nlocation = \"keep-mirror.io\"\n\
+                [aliases]\n\"x\" = \"x.io/x\"\n\"y\" = \"y.io/y\"\n";
+    type Plans<'a> = &'a [(&'a str, Result<&'a [&'a str], &'a str>)];
+    let cases: &[(&str, Option<&str>, &[(&str, &str)], Plans)] = &[
+        (
+            "no files at all: the empty configuration",
+            None,
+            &[],
+            &[("ubuntu:1", Ok(&["docker://ubuntu:1"]))],
+        ),
+        (
+            "drop-ins alone, no main file",
+            None,
+            &[(
+                "10-hub.conf",
+                "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\n",
+            )],
+            &[(
+                "ubuntu:1",
+                Ok(&["docker://m.io/library/ubuntu:1", "docker://ubuntu:1"]),
+            )],
+        ),
+        (
+            "a drop-in's table replaces the one of its prefix; others stay",
+            Some(main),
+            &[(
+                "50-hub.conf",
+                "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"site-mirror.io\"\n",
+            )],
+            &[
+                (
+                    "docker.io/library/ubuntu:1",
+                    Ok(&[
+                        "docker://site-mirror.io/library/ubuntu:1",
+                        "docker://ubuntu:1",
+                    ]),
+                ),
+                (
+                    "keep.io/k:1",
+                    Ok(&["docker://keep-mirror.io/k:1", "docker://keep.io/k:1"]),
+                ),
+            ],
+        ),
+        (
+            "drop-ins apply in lexical order: 9 after 10",
+            Some(main),
+            &[
+                (
+                    "9-last.conf",
+                    "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"nine.io\"\n",
+                ),
+                (
+                    "10-first.conf",
+                    "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"ten.io\"\n",
+                ),
+                ("99-ignored.txt", "not toml ["),
+            ],
+            &[(
+                "docker.io/library/ubuntu:1",
+                Ok(&["docker://nine.io/library/ubuntu:1", "docker://ubuntu:1"]),
+            )],
+        ),
+        (
+            "search registries: absent keeps them",
+            Some(main),
+            &[("10.conf", "short-name-mode = \"permissive\"\n")],
+            &[("z:1", Ok(&["docker://a.io/z:1"]))],
+        ),
+        (
+            "search registries: a list replaces them, and the mode follows the last file",
+            Some(main),
+            &[
+                (
+                    "10.conf",
+                    "unqualified-search-registries = [\"b.io\", \"c.io\"]\n",
+                ),
+                ("20.conf", "short-name-mode = \"permissive\"\n"),
+            ],
+            &[("z:1", Ok(&["docker://b.io/z:1", "docker://c.io/z:1"]))],
+        ),
+        (
+            "search registries: [] empties them (short names stay on Docker Hub)",
+            Some(main),
+            &[("10.conf", "unqualified-search-registries = []\n")],
+            &[(
+                "z:1",
+                Ok(&["docker://main-mirror.io/library/z:1", "docker://z:1"]),
+            )],
+        ),
+        (
+            "aliases merge by name; a later one wins, \"\" undoes one",
+            Some(main),
+            &[
+                (
+                    "000-shortnames.conf",
+                    "[aliases]\n\"x\" = \"other.io/x\"\n\"w\" = \"w.io/w\"\n",
+                ),
+                ("10.conf", "[aliases]\n\"y\" = \"\"\n"),
+            ],
+            &[
+                ("x:1", Ok(&["docker://other.io/x:1"])),
+                ("w:1", Ok(&["docker://w.io/w:1"])),
+                ("y:1", Ok(&["docker://a.io/y:1"])),
+            ],
+        ),
+        (
+            "a version 1 main file takes version 2 drop-ins",
+            Some("[registries.block]\nregistries = [\"bad.io\"]\n"),
+            &[(
+                "10.conf",
+                "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"m.io\"\n",
+            )],
+            &[
+                ("bad.io/x:1", Err("blocked")),
+                (
+                    "ubuntu:1",
+                    Ok(&["docker://m.io/library/ubuntu:1", "docker://ubuntu:1"]),
+                ),
+            ],
+        ),
+        (
+            "a drop-in can unblock only by replacing the table of that prefix",
+            Some("[[registry]]\nlocation = \"bad.io\"\nblocked = true\n"),
+            &[("10.conf", "[[registry]]\nlocation = \"bad.io\"\n")],
+            &[("bad.io/x:1", Ok(&["docker://bad.io/x:1"]))],
+        ),
+    ];
+    for (what, main, drop_ins, plans) in cases {
+        let root = system_root(*main, drop_ins);
+        let policy = system_policy(root.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (image, expected) in plans.iter() {
+            match (system_plan(&policy, image), expected) {
+                (Ok(plan), Ok(uris)) => assert_eq!(plan, *uris, "{what}: {image}"),
+                (Err(why), Err(part)) => assert!(why.contains(part), "{what}: {image}: {why}"),
+                (got, _) => panic!("{what}: {image}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+}
+
+/// A broken drop-in stops the load, named by its path; a drop-in must be
+/// version 2, as containers/image requires.
+#[test]
+fn a_drop_in_is_checked_like_a_file_and_named_by_its_path() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[registries.search]\nregistries = [\"a.io\"]\n",
+            &[
+                "must be in the version 2 format",
+                "registry must be in v2 format but is in v1",
+            ],
+        ),
+        (
+            "[[registry]]\nlocation = \"a.io\"\nmirors = []\n",
+            &["unknown field `mirors`"],
+        ),
+        (
+            "[aliases]\n\"quay.io/x\" = \"quay.io/x\"\n",
+            &["must not contain a registry"],
+        ),
+        ("[[registry]\n", &["TOML parse error"]),
+    ];
+    for (text, parts) in cases {
+        let root = system_root(Some(""), &[("10-ok.conf", ""), ("20-bad.conf", text)]);
+        let err = system_policy(root.path())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        let named = root
+            .path()
+            .join("etc/containers/registries.conf.d/20-bad.conf")
+            .display()
+            .to_string();
+        assert!(
+            err.contains(&format!("{named}: ")),
+            "{text:?}: not named: {err}"
+        );
+        for part in *parts {
+            assert!(err.contains(part), "{text:?}: {part:?} is not in: {err}");
+        }
+    }
+    // The CLI's root is the real one.
+    assert_eq!(sifr::ConfigSources::standard(None).containers_root, None);
 }

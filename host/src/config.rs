@@ -53,6 +53,11 @@ pub struct ConfigSources {
     pub env: Option<PathBuf>,
     /// Must exist.
     pub cli: Option<PathBuf>,
+    /// Where `settings-files = { KEY = "system" }` finds
+    /// `etc/containers/registries.conf` and its `registries.conf.d`
+    /// (containers/image's `RootForImplicitAbsolutePaths`); `None` is `/`.
+    /// For tests and chroots: the CLI never sets it.
+    pub containers_root: Option<PathBuf>,
 }
 
 impl ConfigSources {
@@ -66,6 +71,7 @@ impl ConfigSources {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             cli,
+            containers_root: None,
         }
     }
 
@@ -310,7 +316,8 @@ impl Config {
                 let mut specs = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let span = entry.span();
-                    let spec = plugin_spec(entry.into_inner(), dir, path, layer)
+                    let root = sources.containers_root.as_deref().unwrap_or(Path::new("/"));
+                    let spec = plugin_spec(entry.into_inner(), dir, path, layer, root)
                         .map_err(|m| err(span, m))?;
                     specs.push(spec);
                 }
@@ -389,6 +396,7 @@ fn plugin_spec(
     dir: &Path,
     file: &Path,
     layer: Layer,
+    containers_root: &Path,
 ) -> Result<PluginSpec, String> {
     let name = entry.name;
     let valid_name = !name.is_empty()
@@ -434,6 +442,16 @@ fn plugin_spec(
     let mut settings = entry.settings;
     let mut settings_files = Vec::new();
     for (key, file) in entry.settings_files {
+        if file.as_os_str() == crate::registries_conf::SYSTEM {
+            system_registries_conf(
+                &name,
+                &key,
+                containers_root,
+                &mut settings,
+                &mut settings_files,
+            )?;
+            continue;
+        }
         let file = dir.join(file);
         settings_files.push((key.clone(), file.clone()));
         if settings.contains_key(&key) {
@@ -464,6 +482,45 @@ fn plugin_spec(
         declared_in: Some(file.to_path_buf()),
         settings_files,
     })
+}
+
+/// `settings-files = { KEY = "system" }`: the system's registries.conf as
+/// the setting KEY, and its drop-ins as KEY-drop-ins (see
+/// [`crate::registries_conf`]).
+fn system_registries_conf(
+    name: &str,
+    key: &str,
+    root: &Path,
+    settings: &mut toml::Table,
+    settings_files: &mut Vec<(String, PathBuf)>,
+) -> Result<(), String> {
+    let drop_ins_key = format!("{key}-drop-ins");
+    for given in [key, drop_ins_key.as_str()] {
+        if settings.contains_key(given) {
+            return Err(format!(
+                "plugin '{name}': `{given}` is given both in settings and by settings-files \
+                 ({key} = \"system\"); give it once"
+            ));
+        }
+    }
+    let files = crate::registries_conf::read_system(root, |p| read_capped(p, MAX_SETTINGS_FILE))
+        .map_err(|e| format!("plugin '{name}': setting `{key}` = \"system\": {e}"))?;
+    let (main, text) = files.main;
+    settings_files.push((key.to_string(), main));
+    settings.insert(key.to_string(), toml::Value::String(text));
+    let mut drop_ins = Vec::new();
+    for (path, text) in files.drop_ins {
+        let mut table = toml::Table::new();
+        table.insert(
+            "path".into(),
+            toml::Value::String(path.display().to_string()),
+        );
+        table.insert("text".into(), toml::Value::String(text));
+        drop_ins.push(toml::Value::Table(table));
+        settings_files.push((drop_ins_key.clone(), path));
+    }
+    settings.insert(drop_ins_key, toml::Value::Array(drop_ins));
+    Ok(())
 }
 
 /// Largest file `settings-files` may name.
@@ -651,6 +708,7 @@ mod tests {
                 user: user.cloned(),
                 cli: cli.cloned(),
                 env: None,
+                containers_root: None,
             })
             .unwrap()
         };

@@ -22,6 +22,7 @@ pub mod error;
 pub mod front;
 pub mod policy;
 pub mod reference;
+pub mod registries_conf;
 pub mod runtime;
 pub mod untrusted;
 

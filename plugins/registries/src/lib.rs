@@ -1,14 +1,19 @@
-//! sifr policy from containers-registries.conf(5), version 2: the file site
-//! admins already keep for podman, skopeo and buildah (and Apptainer up to
-//! 1.3). Apptainer 1.4 stopped honouring it and never fell back when a
-//! mirror was down; sifr reads it and tries every source in order.
+//! sifr policy from containers-registries.conf(5): the file site admins
+//! already keep for podman, skopeo and buildah (and Apptainer up to 1.3).
+//! Apptainer 1.4 stopped honouring it and never fell back when a mirror was
+//! down; sifr reads it and tries every source in order.
 //!
 //! ```toml
 //! [[plugin]]
 //! name = "registries"
 //! builtin = "registries"
-//! settings-files = { conf = "/etc/containers/registries.conf" }   # or [plugin.settings] conf = """..."""
+//! settings-files = { conf = "system" }   # or { conf = "PATH" }, or [plugin.settings] conf = """..."""
 //! ```
+//!
+//! With `"system"` the host hands over `/etc/containers/registries.conf` as
+//! `conf` and `registries.conf.d/*.conf` as `conf-drop-ins`; they are
+//! merged as `tryUpdatingCache` merges them. The deprecated version 1
+//! format is read, in the main file only, as `ConvertToV2` converts it.
 //!
 //! The plan it returns replaces the plan it receives: put it first.
 //!
@@ -54,9 +59,23 @@ use sifr_plugin::{Context, Decision, Guest, ImageRef, PullRef, Source};
 const FILE: &str = "registries.conf";
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Settings {
+    /// The main file's text (`""` when the system has none).
     conf: String,
+    /// Drop-ins, in the order containers/image reads them: each merged
+    /// over what came before (`tryUpdatingCache`). The host fills it for
+    /// `settings-files = { conf = "system" }`.
+    #[serde(default)]
+    conf_drop_ins: Vec<DropIn>,
+}
+
+/// A `registries.conf.d/*.conf` file: where it is, for messages, and its text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropIn {
+    path: String,
+    text: String,
 }
 
 // Deviation: unknown keys are errors. containers/image ignores them (it
@@ -65,8 +84,10 @@ struct Settings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Conf {
+    /// `None` when the key is absent: a drop-in then keeps the list
+    /// before it, while `[]` empties it (`updateWithConfigurationFrom`).
     #[serde(default)]
-    unqualified_search_registries: Vec<String>,
+    unqualified_search_registries: Option<Vec<String>>,
     #[serde(default)]
     short_name_mode: String,
     /// Accepted (it is valid v2), but credentials are apptainer's business.
@@ -106,6 +127,9 @@ struct Table {
     proxy: String,
     #[serde(default)]
     mirror: Vec<MirrorTable>,
+    /// How messages name a table converted from a version 1 file.
+    #[serde(skip)]
+    label: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +167,10 @@ struct MirrorRule {
 
 /// A validated table.
 struct Rule {
+    /// The file it comes from, for messages.
+    file: String,
+    /// How a table converted from a version 1 file is named.
+    v1_label: Option<String>,
     /// Its place in the file, from 1, for messages.
     number: usize,
     /// Trailing slashes trimmed: what it matches and is ranked by.
@@ -172,6 +200,9 @@ thread_local! {
 
 /// `[[registry]] #2 (prefix "example.com")`.
 fn table_name(number: usize, table: &Table) -> String {
+    if let Some(label) = &table.label {
+        return label.clone();
+    }
     match (table.prefix.as_str(), table.location.as_str()) {
         ("", "") => format!("[[registry]] #{number}"),
         ("", location) => format!("[[registry]] #{number} (location {location:?})"),
@@ -278,9 +309,9 @@ fn refuse_proxy(proxy: &str) -> Result<(), String> {
 
 /// One `[[registry]]` table, checked as `postProcessRegistries` and
 /// `loadConfigFile` check it.
-fn rule(number: usize, table: Table) -> Result<Rule, String> {
+fn rule(file: &str, number: usize, table: Table) -> Result<Rule, String> {
     let name = table_name(number, &table);
-    let at = |message: String| format!("{FILE}: {name}: {message}");
+    let at = |message: String| format!("{file}: {name}: {message}");
     let location = parse_location("location =", &table.location).map_err(at)?;
     refuse_proxy(&table.proxy).map_err(at)?;
     // postProcessRegistries: `prefix = ""` is unset, and defaults to the
@@ -335,7 +366,7 @@ fn rule(number: usize, table: Table) -> Result<Rule, String> {
     let mut mirrors = Vec::new();
     for (i, mirror) in table.mirror.into_iter().enumerate() {
         let at =
-            |message: String| format!("{FILE}: {name}, [[registry.mirror]] #{}: {message}", i + 1);
+            |message: String| format!("{file}: {name}, [[registry.mirror]] #{}: {message}", i + 1);
         let location = parse_location("location =", &mirror.location).map_err(at)?;
         refuse_proxy(&mirror.proxy).map_err(at)?;
         if location.is_empty() {
@@ -360,6 +391,8 @@ fn rule(number: usize, table: Table) -> Result<Rule, String> {
         });
     }
     Ok(Rule {
+        file: file.to_string(),
+        v1_label: table.label.clone(),
         number,
         prefix,
         wildcard,
@@ -374,7 +407,7 @@ fn rule(number: usize, table: Table) -> Result<Rule, String> {
 /// postProcessRegistries: tables that name one registry (one location, or
 /// one wildcard prefix when there is no location) must agree on `insecure`
 /// and `blocked`, or the file is refused.
-fn check_conflicts(rules: &[Rule]) -> Result<(), String> {
+fn check_conflicts(file: &str, rules: &[Rule]) -> Result<(), String> {
     let key = |r: &Rule| {
         if r.location.is_empty() {
             ("prefix", r.prefix.clone())
@@ -394,7 +427,7 @@ fn check_conflicts(rules: &[Rule]) -> Result<(), String> {
             ] {
                 if va != vb {
                     return Err(format!(
-                        "{FILE}: [[registry]] #{} (prefix {:?}) and [[registry]] #{} (prefix {:?}) \
+                        "{file}: [[registry]] #{} (prefix {:?}) and [[registry]] #{} (prefix {:?}) \
                          both have {what} {value:?}, with {field} = {vb} and {field} = {va}; \
                          containers/image refuses the file (\"registry '{value}' is defined \
                          multiple times with conflicting '{field}' setting\"): give them the \
@@ -410,8 +443,8 @@ fn check_conflicts(rules: &[Rule]) -> Result<(), String> {
 
 /// postProcessRegistries: each search entry is trimmed as a location and
 /// must then be a `host[:port]` (`anchoredDomainRegexp`).
-fn search_registry(entry: &str) -> Result<String, String> {
-    let at = |message: String| format!("{FILE}: unqualified-search-registries: {message}");
+fn search_registry(file: &str, entry: &str) -> Result<String, String> {
+    let at = |message: String| format!("{file}: unqualified-search-registries: {message}");
     let registry = parse_location("entry", entry).map_err(at)?;
     if !reference::is_domain(&registry) {
         return Err(at(format!(
@@ -428,19 +461,16 @@ fn search_registry(entry: &str) -> Result<String, String> {
     Ok(registry)
 }
 
-/// `parseShortNameMode`; an empty value is the default.
-fn short_name_mode(mode: &str) -> Result<ShortNameMode, String> {
+/// `parseShortNameMode`; an empty value is unset (`None`), and a later
+/// file's mode replaces an earlier one's.
+fn short_name_mode(file: &str, mode: &str) -> Result<Option<ShortNameMode>, String> {
     match mode {
-        // Deviation: containers/image defaults to "permissive", which tries
-        // every search registry when it cannot prompt. sifr never prompts,
-        // and an image that depends on which registry answers first is not
-        // reproducible, so sifr defaults to "enforcing", as podman behaves
-        // with that mode and no terminal.
-        "" | "enforcing" => Ok(ShortNameMode::Enforcing),
-        "permissive" => Ok(ShortNameMode::Permissive),
-        "disabled" => Ok(ShortNameMode::Disabled),
+        "" => Ok(None),
+        "enforcing" => Ok(Some(ShortNameMode::Enforcing)),
+        "permissive" => Ok(Some(ShortNameMode::Permissive)),
+        "disabled" => Ok(Some(ShortNameMode::Disabled)),
         other => Err(format!(
-            "{FILE}: short-name-mode = {other:?} is not a mode; use \"enforcing\", \
+            "{file}: short-name-mode = {other:?} is not a mode; use \"enforcing\", \
              \"permissive\" or \"disabled\""
         )),
     }
@@ -494,7 +524,10 @@ fn alias_value(value: &str) -> Result<String, String> {
 
 /// `newShortNameAliasCache`: every entry is checked and every bad one
 /// reported at once; `""` as a value means no alias.
-fn aliases(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, Option<String>>, String> {
+fn aliases(
+    file: &str,
+    raw: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Option<String>>, String> {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     for (name, value) in raw {
@@ -516,37 +549,145 @@ fn aliases(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, Option<Stri
         Ok(out)
     } else {
         Err(format!(
-            "{FILE}: [aliases]: {} (containers/image refuses these too)",
+            "{file}: [aliases]: {} (containers/image refuses these too)",
             errors.join("; ")
         ))
     }
 }
 
-fn parse(text: &str) -> Result<Registries, String> {
-    let raw: toml::Table = toml::from_str(text).map_err(|e| format!("{FILE}: {e}"))?;
-    // Deviation: version 1 files are refused, not converted; the v1 format
-    // has been deprecated since 2019 and cannot say most of what v2 says.
-    if raw.contains_key("registries") {
-        return Err(format!(
-            "{FILE}: this is the version 1 format ([registries.search], \
-             [registries.insecure], [registries.block]); sifr reads version 2: \
-             convert it to unqualified-search-registries and [[registry]] tables"
-        ));
+/// Keys of the version 1 format, under `[registries.*]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct V1File {
+    registries: V1Tables,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct V1Tables {
+    search: Option<V1List>,
+    insecure: Option<V1List>,
+    block: Option<V1List>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct V1List {
+    #[serde(default)]
+    registries: Vec<String>,
+}
+
+/// `ConvertToV2`: a version 1 file as the version 2 file it means. Each
+/// blocked or insecure registry becomes a `[[registry]]` with that prefix
+/// and location (blocked ones first, then insecure, in order of first
+/// mention); `[registries.search]` becomes `unqualified-search-registries`.
+fn convert_v1(file: &str, v1: V1File) -> Result<Conf, String> {
+    let mut tables: Vec<Table> = Vec::new();
+    let lists = [
+        ("block", v1.registries.block, true),
+        ("insecure", v1.registries.insecure, false),
+    ];
+    for (section, list, blocked) in lists {
+        for entry in list.map(|l| l.registries).unwrap_or_default() {
+            let location = parse_location("entry", &entry)
+                .map_err(|e| format!("{file}: [registries.{section}]: {e}"))?;
+            let i = match tables.iter().position(|t| t.location == location) {
+                Some(i) => i,
+                None => {
+                    tables.push(Table {
+                        prefix: location.clone(),
+                        location: location.clone(),
+                        insecure: false,
+                        blocked: false,
+                        mirror_by_digest_only: false,
+                        pull_from_mirror: String::new(),
+                        proxy: String::new(),
+                        mirror: Vec::new(),
+                        label: Some(format!("[registries.{section}] entry {entry:?}")),
+                    });
+                    tables.len() - 1
+                }
+            };
+            if blocked {
+                tables[i].blocked = true;
+            } else {
+                tables[i].insecure = true;
+            }
+        }
     }
-    let conf: Conf = toml::from_str(text).map_err(|e| {
-        let hint = if e.message().contains("unknown field") {
+    Ok(Conf {
+        unqualified_search_registries: v1.registries.search.map(|l| l.registries),
+        short_name_mode: String::new(),
+        credential_helpers: Vec::new(),
+        additional_layer_store_auth_helper: String::new(),
+        aliases: BTreeMap::new(),
+        registry: tables,
+    })
+}
+
+/// One file, checked as `loadConfigFile` checks it, before merging.
+struct FileConf {
+    /// `None`: the file does not set it.
+    search: Option<Vec<String>>,
+    mode: Option<ShortNameMode>,
+    aliases: BTreeMap<String, Option<String>>,
+    /// One per prefix, the first of each in the file.
+    rules: Vec<Rule>,
+}
+
+/// `loadConfigFile`: `file` names it in messages; a drop-in must be
+/// version 2 (`forceV2`).
+fn parse_file(text: &str, file: &str, drop_in: bool) -> Result<FileConf, String> {
+    let raw: toml::Table = toml::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    let unknown_key_hint = |e: &toml::de::Error| {
+        if e.message().contains("unknown field") {
             "; sifr refuses keys it does not know (containers/image ignores them), so that a \
              misspelt key does not silently drop a mirror or a block: fix or remove it"
         } else {
             ""
-        };
-        format!("{FILE}: {e}{hint}")
-    })?;
+        }
+    };
+    let conf: Conf = if raw.contains_key("registries") {
+        if drop_in {
+            return Err(format!(
+                "{file}: a drop-in must be in the version 2 format, and this one has \
+                 [registries.search], [registries.insecure] or [registries.block] (version 1); \
+                 containers/image refuses it too (\"registry must be in v2 format but is in \
+                 v1\"): convert it to unqualified-search-registries and [[registry]] tables"
+            ));
+        }
+        let v2: Vec<&str> = raw
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "registries")
+            .collect();
+        if !v2.is_empty() {
+            return Err(format!(
+                "{file}: it mixes the version 1 format ([registries.*]) with version 2 keys \
+                 ({}); containers/image refuses that too (\"mixing sysregistry v1/v2 is not \
+                 supported\"): convert the [registries.*] tables to \
+                 unqualified-search-registries and [[registry]] tables",
+                v2.join(", ")
+            ));
+        }
+        let v1: V1File = toml::from_str(text)
+            .map_err(|e| format!("{file}: version 1 format: {e}{}", unknown_key_hint(&e)))?;
+        // Shown with every decision, since configure runs before each.
+        sifr_plugin::warn(&format!(
+            "{file} is in the deprecated version 1 format ([registries.search], \
+             [registries.insecure], [registries.block]); sifr reads it as containers/image \
+             does, but convert it to version 2 (unqualified-search-registries and \
+             [[registry]] tables, see containers-registries.conf(5))"
+        ));
+        convert_v1(file, v1)?
+    } else {
+        toml::from_str(text).map_err(|e| format!("{file}: {e}{}", unknown_key_hint(&e)))?
+    };
     let mut all = Vec::new();
     for (i, table) in conf.registry.into_iter().enumerate() {
-        all.push(rule(i + 1, table)?);
+        all.push(rule(file, i + 1, table)?);
     }
-    check_conflicts(&all)?;
+    check_conflicts(file, &all)?;
     // postProcessRegistries: of tables with one prefix, the first wins and
     // the others are dropped (containers/image no longer refuses them).
     let mut rules: Vec<Rule> = Vec::new();
@@ -554,7 +695,7 @@ fn parse(text: &str) -> Result<Registries, String> {
         if let Some(first) = rules.iter().find(|r| r.prefix == rule.prefix) {
             // info, not warn: configure runs again before every decision.
             sifr_plugin::info(&format!(
-                "{FILE}: [[registry]] #{} has the prefix {:?} of [[registry]] #{}, which wins; \
+                "{file}: [[registry]] #{} has the prefix {:?} of [[registry]] #{}, which wins; \
                  #{} is ignored, as containers/image ignores it",
                 rule.number, rule.prefix, first.number, rule.number
             ));
@@ -564,14 +705,63 @@ fn parse(text: &str) -> Result<Registries, String> {
     }
     let search = conf
         .unqualified_search_registries
-        .iter()
-        .map(|entry| search_registry(entry))
-        .collect::<Result<_, _>>()?;
-    Ok(Registries {
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|entry| search_registry(file, entry))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Ok(FileConf {
         search,
-        mode: short_name_mode(&conf.short_name_mode)?,
-        aliases: aliases(conf.aliases)?,
+        mode: short_name_mode(file, &conf.short_name_mode)?,
+        aliases: aliases(file, conf.aliases)?,
         rules,
+    })
+}
+
+impl FileConf {
+    /// `updateWithConfigurationFrom`: a later file's table replaces the
+    /// table with its prefix; its search list and mode, when it sets
+    /// them, replace the earlier ones; its aliases replace those of the
+    /// same name (`""` resets one to no alias).
+    fn update_with(&mut self, later: FileConf) {
+        for rule in later.rules {
+            if let Some(replaced) = self.rules.iter().position(|r| r.prefix == rule.prefix) {
+                let old = self.rules.remove(replaced);
+                sifr_plugin::info(&format!(
+                    "{}: [[registry]] prefix = {:?} replaces the table of {}",
+                    rule.file, rule.prefix, old.file
+                ));
+            }
+            self.rules.push(rule);
+        }
+        if later.search.is_some() {
+            self.search = later.search;
+        }
+        if later.mode.is_some() {
+            self.mode = later.mode;
+        }
+        self.aliases.extend(later.aliases);
+    }
+}
+
+/// The main file, then each drop-in merged over it, as `tryUpdatingCache`.
+fn parse(settings: &Settings) -> Result<Registries, String> {
+    let mut merged = parse_file(&settings.conf, FILE, false)?;
+    for drop_in in &settings.conf_drop_ins {
+        merged.update_with(parse_file(&drop_in.text, &drop_in.path, true)?);
+    }
+    Ok(Registries {
+        search: merged.search.unwrap_or_default(),
+        // Deviation: containers/image defaults to "permissive", which tries
+        // every search registry when it cannot prompt. sifr never prompts,
+        // and an image that depends on which registry answers first is not
+        // reproducible, so sifr defaults to "enforcing", as podman behaves
+        // with that mode and no terminal.
+        mode: merged.mode.unwrap_or(ShortNameMode::Enforcing),
+        aliases: merged.aliases,
+        rules: merged.rules,
     })
 }
 
@@ -628,7 +818,10 @@ impl Rule {
     }
 
     fn label(&self) -> String {
-        format!("[[registry]] {:?}", self.prefix)
+        match &self.v1_label {
+            Some(label) => label.clone(),
+            None => format!("[[registry]] {:?}", self.prefix),
+        }
     }
 }
 
@@ -645,8 +838,9 @@ fn rewritten_source(
     let invalid = |why: String| {
         format!(
             "{} rewrites this image to {full:?}, which is not a valid image reference ({why}); \
-             containers/image fails the pull too: fix that table's location in {FILE}",
-            rule.label()
+             containers/image fails the pull too: fix that table's location in {}",
+            rule.label(),
+            rule.file
         )
     };
     let parsed = reference::parse(full).map_err(invalid)?;
@@ -718,8 +912,12 @@ impl Registries {
         };
         if rule.blocked {
             return Err(format!(
-                "{full} is blocked by {FILE}: [[registry]] prefix = {:?} has blocked = true",
-                rule.prefix
+                "{full} is blocked by {}: {}",
+                rule.file,
+                match &rule.v1_label {
+                    Some(label) => label.clone(),
+                    None => format!("[[registry]] prefix = {:?} has blocked = true", rule.prefix),
+                }
             ));
         }
         let rest = &full[end..];
@@ -740,7 +938,7 @@ impl Registries {
                     &format!("{}{rest}", mirror.location),
                     rule,
                     mirror.insecure,
-                    format!("mirror of {} ({FILE})", rule.label()),
+                    format!("mirror of {} ({})", rule.label(), rule.file),
                 )?);
             }
         }
@@ -749,19 +947,19 @@ impl Registries {
         let (primary, note) = if rule.location.is_empty() {
             (
                 full.clone(),
-                format!("primary of {} ({FILE})", rule.label()),
+                format!("primary of {} ({})", rule.label(), rule.file),
             )
         } else if rule.location == rule.prefix {
             (
                 format!("{}{rest}", rule.location),
-                format!("primary of {} ({FILE})", rule.label()),
+                format!("primary of {} ({})", rule.label(), rule.file),
             )
         } else {
             (
                 format!("{}{rest}", rule.location),
                 format!(
-                    "{:?} rewritten to {:?} ({FILE})",
-                    rule.prefix, rule.location
+                    "{:?} rewritten to {:?} ({})",
+                    rule.prefix, rule.location, rule.file
                 ),
             )
         };
@@ -839,10 +1037,11 @@ impl Guest for RegistriesPolicy {
     fn configure(settings: String) -> Result<(), String> {
         let settings: Settings = serde_json::from_str(&settings).map_err(|e| {
             format!(
-                "invalid settings: {e}; give the file with settings-files = {{ conf = \"/etc/containers/registries.conf\" }}"
+                "invalid settings: {e}; give the file with settings-files = {{ conf = \"system\" }} \
+                 (the system's registries.conf and registries.conf.d) or {{ conf = \"PATH\" }}"
             )
         })?;
-        let conf = parse(&settings.conf)?;
+        let conf = parse(&settings)?;
         CONF.with(|c| *c.borrow_mut() = Some(conf));
         Ok(())
     }
