@@ -109,6 +109,28 @@ fn e2e_cfg() {
     if required || found("componentize-py") {
         println!("cargo:rustc-cfg=sifr_python");
     }
+    // The front's tests under real engines (tests/front.rs): Snakemake
+    // (from PyPI, in a venv: `$SIFR_SNAKEMAKE` names its `snakemake`), and
+    // a single-node Slurm cluster (Debian's slurm-wlm and munge).
+    println!("cargo::rustc-check-cfg=cfg(sifr_snakemake)");
+    println!("cargo::rustc-check-cfg=cfg(sifr_slurm)");
+    println!("cargo:rerun-if-env-changed=SIFR_SNAKEMAKE");
+    let snakemake = std::env::var_os("SIFR_SNAKEMAKE").is_some_and(|p| Path::new(&p).is_file())
+        || found("snakemake");
+    if required || snakemake {
+        println!("cargo:rustc-cfg=sifr_snakemake");
+    }
+    let slurm = [
+        "slurmctld",
+        "slurmd",
+        "sbatch",
+        "sinfo",
+        "munged",
+        "mungekey",
+    ];
+    if required || slurm.iter().all(|tool| found(tool)) {
+        println!("cargo:rustc-cfg=sifr_slurm");
+    }
 }
 
 /// `rustup target add wasm32-wasip2` when the target is missing, and say so.
