@@ -142,29 +142,48 @@ fn open_image(image: &str) -> Result<PathBuf, Failure> {
             "apptainer test double: sandbox directory images are not implemented: {image}"
         )));
     }
-    let is_sif = has_sif_magic(&resolved).map_err(|err| {
+    let header = read_header(&resolved).map_err(|err| {
         Failure::fatal(format!(
             "could not open image {image}: {}",
             go_error_text(&err)
         ))
     })?;
-    if !is_sif {
+    if !has_sif_magic(&header) {
         return Err(Failure::fatal(format!(
             "could not open image {image}: image format not recognized"
         )));
     }
+    crate::controls::record_ran(&resolved, nonce(&header))?;
     Ok(resolved)
+}
+
+/// How much of an image is read to check it and to find its nonce.
+const HEADER_LEN: u64 = 4096;
+
+/// The first bytes of the image, from the one open the check makes: what
+/// is checked and recorded is the file the double went on to run.
+fn read_header(path: &Path) -> io::Result<Vec<u8>> {
+    let mut header = Vec::new();
+    File::open(path)?
+        .take(HEADER_LEN)
+        .read_to_end(&mut header)?;
+    Ok(header)
 }
 
 /// Whether the file has the SIF magic where a SIF has it, after the launch
 /// script field. The double's own pulls write it, so images made by a pull
 /// run and anything else is refused, as apptainer refuses it.
-fn has_sif_magic(path: &Path) -> io::Result<bool> {
-    let mut header = Vec::with_capacity(SIF_LAUNCH_LEN + SIF_MAGIC.len());
-    File::open(path)?
-        .take((SIF_LAUNCH_LEN + SIF_MAGIC.len()) as u64)
-        .read_to_end(&mut header)?;
-    Ok(header.get(SIF_LAUNCH_LEN..) == Some(SIF_MAGIC))
+fn has_sif_magic(header: &[u8]) -> bool {
+    header.get(SIF_LAUNCH_LEN..SIF_LAUNCH_LEN + SIF_MAGIC.len()) == Some(SIF_MAGIC)
+}
+
+/// The `nonce=...` line a fake pull writes into its image's header (see
+/// [`crate::pull`]), which tells one pulled file from another.
+fn nonce(header: &[u8]) -> Option<&str> {
+    header
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"nonce="))
+        .and_then(|nonce| std::str::from_utf8(nonce).ok())
 }
 
 /// Split `--bind` values into specs.

@@ -27,6 +27,7 @@ pub const CERT_DIR_VAR: &str = "APPTAINER_DOUBLE_CERT_DIR";
 pub const PID_FILE_VAR: &str = "APPTAINER_DOUBLE_PID_FILE";
 pub const HOLD_VAR: &str = "APPTAINER_DOUBLE_HOLD";
 pub const HELPER_VAR: &str = "APPTAINER_DOUBLE_HELPER";
+pub const RAN_VAR: &str = "APPTAINER_DOUBLE_RAN";
 
 /// Controls that shape how the fake backend writes its file. The real
 /// backend has no such file to shape, so it refuses them rather than
@@ -154,6 +155,32 @@ pub fn log_invocation(args: &[OsString]) -> Result<(), Failure> {
         .map_err(|err| {
             Failure::fatal(format!(
                 "apptainer test double: cannot append to {LOG_VAR}={}: {}",
+                path.display(),
+                go_error_text(&err)
+            ))
+        })
+}
+
+/// Append the image a `run` or `exec` opened to the file named by
+/// `APPTAINER_DOUBLE_RAN`, as a JSON line `{"image": PATH, "nonce": N}`:
+/// its resolved path, and the nonce a fake pull wrote into it (`null` for
+/// a file without one), read from the same open that checked the image. A
+/// test tells from it which file ran, whatever path the double was given.
+pub fn record_ran(image: &Path, nonce: Option<&str>) -> Result<(), Failure> {
+    let Some(path) = path_var(RAN_VAR) else {
+        return Ok(());
+    };
+    let mut line =
+        serde_json::json!({"image": image.to_string_lossy(), "nonce": nonce}).to_string();
+    line.push('\n');
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|err| {
+            Failure::fatal(format!(
+                "apptainer test double: cannot append to {RAN_VAR}={}: {}",
                 path.display(),
                 go_error_text(&err)
             ))

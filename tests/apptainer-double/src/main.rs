@@ -114,6 +114,9 @@ Controls (environment; empty means unset):
                                    helper's) to PATH, one per line
   APPTAINER_DOUBLE_HOLD=PATH       a pull, once under way (fake: its file begun),
                                    waits until PATH exists (or its directory is gone)
+  APPTAINER_DOUBLE_RAN=PATH        run and exec append the image they opened to PATH
+                                   as a JSON line: image (its resolved path), nonce
+                                   (the one a fake pull wrote into it, or null)
  fake backend only (a real pull refuses them):
   APPTAINER_DOUBLE_SLEEP_MS=N      a pull takes N ms, spread over its writes
   APPTAINER_DOUBLE_DIE=1           a pull writes half its file, then SIGKILLs itself
