@@ -161,6 +161,8 @@ pub enum AttemptFailure {
     TimedOut { after_secs: u64, tail: Vec<String> },
     /// apptainer could not be started.
     Spawn { error: String },
+    /// sifr was asked to stop (by this signal) and stopped the pull.
+    Interrupted { signal: i32 },
 }
 
 impl std::fmt::Display for AttemptFailure {
@@ -188,6 +190,7 @@ impl std::fmt::Display for AttemptFailure {
                 tail(f, t)
             }
             Self::Spawn { error } => write!(f, "apptainer could not be started: {error}"),
+            Self::Interrupted { signal } => write!(f, "stopped by signal {signal}"),
         }
     }
 }
@@ -209,11 +212,18 @@ impl Apptainer {
     }
 
     /// Run one pull, calling `on_line` with each line of its output, and
-    /// stop it (its whole process group) after `timeout`.
+    /// stop it (its whole process group) after `timeout`, or as soon as
+    /// `cancelled` names a signal (then with
+    /// [`AttemptFailure::Interrupted`]).
+    ///
+    /// apptainer runs in a process group of its own, so that stopping it
+    /// stops its helpers too (and a terminal's Ctrl-C reaches sifr alone,
+    /// which stops the pull and cleans up).
     pub fn pull(
         &self,
         args: &[String],
         timeout: Duration,
+        cancelled: &dyn Fn() -> Option<i32>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), AttemptFailure> {
         let mut child = Command::new(&self.path)
@@ -263,6 +273,7 @@ impl Apptainer {
                 tail.push(line);
             }
         };
+        let mut signal = None;
         let status = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => keep(line, on_line),
@@ -278,14 +289,20 @@ impl Apptainer {
             if started.elapsed() > timeout {
                 break None;
             }
+            if let Some(sig) = cancelled() {
+                signal = Some(sig);
+                break None;
+            }
         };
         let status = match status {
             Some(status) => status,
             None => {
-                kill_group(child.id());
-                let _ = child.wait();
+                stop_group(&mut child);
                 for line in rx.try_iter() {
                     keep(line, on_line);
+                }
+                if let Some(signal) = signal {
+                    return Err(AttemptFailure::Interrupted { signal });
                 }
                 return Err(AttemptFailure::TimedOut {
                     after_secs: timeout.as_secs(),
@@ -310,10 +327,33 @@ impl Apptainer {
     }
 }
 
-fn kill_group(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+/// How long apptainer gets to clean up after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stop `child`'s process group (the child leads it): SIGTERM, so that
+/// apptainer removes its temporary directories; SIGKILL to the whole group
+/// once the leader has exited or after [`STOP_GRACE`], for helpers that
+/// outlive it; then reap the leader. The leader is not reaped before the
+/// SIGKILL, so its pid, the group's id, cannot have been reused.
+fn stop_group(child: &mut std::process::Child) {
+    use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process_group, waitid};
+    let Some(pid) = Pid::from_raw(child.id() as i32) else {
+        return;
+    };
+    let _ = kill_process_group(pid, Signal::TERM);
+    let started = Instant::now();
+    while started.elapsed() < STOP_GRACE {
+        let exited = waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        );
+        if matches!(exited, Ok(Some(_)) | Err(_)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = kill_process_group(pid, Signal::KILL);
+    let _ = child.wait();
 }
 
 /// `exited with status 255` / `was killed by signal 9`.
@@ -344,6 +384,79 @@ pub struct RunOptions {
     pub nv: bool,
     /// Passed to apptainer as they are, before the image.
     pub extra_args: Vec<String>,
+    /// Which of the host's apptainer variables reach apptainer.
+    pub host_env: HostEnv,
+}
+
+/// Which host variables that change a run apptainer gets. `--cleanenv`
+/// keeps the host's environment out of the container, but apptainer still
+/// reads its own variables from it: `APPTAINERENV_FOO` sets `FOO` in the
+/// container and `APPTAINER_BIND` adds binds, whatever sifr's flags say.
+/// Each class is passed or dropped as a whole, by this rule (the README
+/// says why):
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostEnv {
+    /// [`CONTAINER_ENV_VARS`]: the container's environment, set from the
+    /// host. Dropped by default (`sifr run --keep-container-env` passes
+    /// them): hermetic means `--env` is the only way in.
+    pub container_env: bool,
+    /// [`BIND_VARS`]: binds, which sites set in environment modules (a
+    /// scratch or project filesystem every job expects). Passed by default
+    /// (`sifr run --no-env-binds` drops them).
+    pub binds: bool,
+}
+
+impl Default for HostEnv {
+    fn default() -> Self {
+        Self {
+            container_env: false,
+            binds: true,
+        }
+    }
+}
+
+/// Variables (prefixes end in `_`) that set the container's environment.
+pub const CONTAINER_ENV_VARS: &[&str] = &[
+    "APPTAINERENV_",
+    "SINGULARITYENV_",
+    "APPTAINER_ENV_FILE",
+    "SINGULARITY_ENV_FILE",
+];
+
+/// Variables that add binds.
+pub const BIND_VARS: &[&str] = &[
+    "APPTAINER_BIND",
+    "APPTAINER_BINDPATH",
+    "SINGULARITY_BIND",
+    "SINGULARITY_BINDPATH",
+];
+
+impl HostEnv {
+    /// Whether a host variable named `name` reaches apptainer on a run.
+    pub fn passes(&self, name: &str) -> bool {
+        let container_env = CONTAINER_ENV_VARS.iter().any(|var| {
+            if var.ends_with('_') {
+                name.starts_with(var)
+            } else {
+                name == *var
+            }
+        });
+        if container_env {
+            return self.container_env;
+        }
+        if BIND_VARS.contains(&name) {
+            return self.binds;
+        }
+        true
+    }
+
+    /// The host's variables this rule drops.
+    pub fn dropped(&self) -> Vec<std::ffi::OsString> {
+        std::env::vars_os()
+            .map(|(name, _)| name)
+            .filter(|name| !self.passes(&name.to_string_lossy()))
+            .collect()
+    }
 }
 
 /// `run` or `exec`.
@@ -393,14 +506,19 @@ impl Apptainer {
     /// SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to sifr by another process
     /// are forwarded; those from the terminal already reach apptainer, which
     /// shares sifr's process group.
-    pub fn run(&self, argv: &[String]) -> std::io::Result<i32> {
+    pub fn run(&self, argv: &[String], host_env: &HostEnv) -> std::io::Result<i32> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
         use signal_hook::iterator::SignalsInfo;
         use signal_hook::iterator::exfiltrator::WithOrigin;
 
         let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
         let handle = signals.handle();
-        let mut child = Command::new(&self.path).args(argv).spawn()?;
+        let mut command = Command::new(&self.path);
+        command.args(argv);
+        for name in host_env.dropped() {
+            command.env_remove(name);
+        }
+        let mut child = command.spawn()?;
         let pid = child.id() as i32;
         let forwarder = std::thread::spawn(move || {
             for info in signals.forever() {
@@ -426,6 +544,38 @@ impl Apptainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_env_rule_drops_container_env_and_keeps_binds_by_default() {
+        let rule = HostEnv::default();
+        for name in [
+            "APPTAINERENV_FOO",
+            "SINGULARITYENV_PREPEND_PATH",
+            "APPTAINER_ENV_FILE",
+            "SINGULARITY_ENV_FILE",
+        ] {
+            assert!(!rule.passes(name), "{name}");
+        }
+        for name in [
+            "APPTAINER_BIND",
+            "APPTAINER_BINDPATH",
+            "SINGULARITY_BIND",
+            "SINGULARITY_BINDPATH",
+            "APPTAINER_CACHEDIR",
+            "APPTAINER_TMPDIR",
+            "APPTAINER_DOCKER_USERNAME",
+            "PATH",
+        ] {
+            assert!(rule.passes(name), "{name}");
+        }
+        let flipped = HostEnv {
+            container_env: true,
+            binds: false,
+        };
+        assert!(flipped.passes("APPTAINERENV_FOO"));
+        assert!(!flipped.passes("SINGULARITY_BINDPATH"));
+        assert!(flipped.passes("APPTAINER_CACHEDIR"));
+    }
 
     #[test]
     fn versions_parse_with_distro_suffixes() {
@@ -463,6 +613,7 @@ mod tests {
             pwd: Some("/data".into()),
             nv: true,
             extra_args: vec!["--contain".into()],
+            host_env: HostEnv::default(),
         };
         assert_eq!(
             Apptainer::run_args(

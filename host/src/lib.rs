@@ -44,13 +44,16 @@ pub fn cache_root() -> Option<PathBuf> {
 }
 
 /// sifr's cache directory: `$SIFR_CACHE_DIR`, else `[cache] dir` in the
-/// config, else `$XDG_CACHE_HOME/sifr` (`~/.cache/sifr`).
+/// config, else `$XDG_CACHE_HOME/sifr` (`~/.cache/sifr`). Always absolute:
+/// a relative one is taken from the current directory, so that no path
+/// sifr hands apptainer can read as a flag (`SIFR_CACHE_DIR=-x`).
 pub fn cache_root_for(config: &Config) -> Option<PathBuf> {
-    match std::env::var_os("SIFR_CACHE_DIR") {
+    let root = match std::env::var_os("SIFR_CACHE_DIR") {
         Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
         _ => config
             .cache_dir
             .clone()
             .or_else(|| dirs::cache_dir().map(|d| d.join("sifr"))),
-    }
+    }?;
+    Some(std::path::absolute(&root).unwrap_or(root))
 }

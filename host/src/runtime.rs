@@ -2,13 +2,14 @@
 //! and `exec` do, as a library.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::apptainer::{Apptainer, AttemptFailure, RunMode, RunOptions};
-use crate::cache::{Cache, Entry, Identity, Lookup, unix_now};
+use crate::cache::{Cache, Entry, Identity, ImageLock, LockMode, Lookup, Wait, unix_now};
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::{Context, Policy, PolicyOptions, Purpose, Resolution};
@@ -20,8 +21,15 @@ pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// What is happening, for a progress display or an embedder's log.
 #[derive(Debug)]
 pub enum Progress<'a> {
-    /// Another process (or thread) is pulling this image; waiting for it.
-    Waiting { identity: &'a str },
+    /// Another process (or thread) is pulling this image (or evicting it);
+    /// waiting for it. Sent when the wait begins (`waited` zero, or nearly)
+    /// and then about every 100 ms while it lasts.
+    Waiting {
+        identity: &'a str,
+        waited: Duration,
+        /// When the wait gives up (the pull timeout).
+        limit: Duration,
+    },
     /// Trying a source.
     Attempt {
         uri: &'a str,
@@ -43,6 +51,11 @@ pub enum Progress<'a> {
 }
 
 /// A pulled (or already cached) image.
+///
+/// It holds the image in the cache (its identity's lock, shared) until it
+/// and its clones are dropped or [`Pulled::release`] is called: `sifr cache
+/// rm` waits for it, and `prune` keeps the image. So the SIF that was
+/// verified is still there when apptainer opens it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pulled {
     pub image: String,
@@ -51,6 +64,47 @@ pub struct Pulled {
     /// Served from the cache without pulling.
     pub cached: bool,
     pub entry: Entry,
+    #[serde(skip)]
+    hold: Option<Arc<ImageLock>>,
+}
+
+impl Pulled {
+    /// Let eviction have the image again. [`Runtime::run_pulled`] takes it
+    /// again, and checks it, before it runs.
+    pub fn release(&mut self) {
+        self.hold = None;
+    }
+
+    /// Whether this still holds the image in the cache.
+    pub fn is_held(&self) -> bool {
+        self.hold.is_some()
+    }
+}
+
+/// A pull stopped by a signal (see [`RuntimeOptions::cancel`]): the source
+/// of the [`Error::Io`] a pull then returns.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by signal {signal}")]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+/// The signal that stopped a pull, if that is what `error` is.
+pub fn interrupted_by(error: &Error) -> Option<i32> {
+    match error {
+        Error::Io { source, .. } => source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Interrupted>())
+            .map(|i| i.signal),
+        _ => None,
+    }
+}
+
+fn interrupted(signal: i32) -> Error {
+    Error::io(
+        "the pull was stopped",
+        std::io::Error::new(std::io::ErrorKind::Interrupted, Interrupted { signal }),
+    )
 }
 
 /// One failed pull attempt.
@@ -67,8 +121,15 @@ pub struct RuntimeOptions {
     pub apptainer: Option<PathBuf>,
     /// The cache root; default [`crate::cache_root_for`].
     pub cache_dir: Option<PathBuf>,
-    /// Per-attempt limit; default the config's, else 20 minutes.
+    /// Per-attempt limit; default the config's, else 20 minutes. Waiting
+    /// for another process's pull of the same image is bounded by it too.
     pub pull_timeout: Option<Duration>,
+    /// Set it to a signal number (as `signal_hook::flag::register_usize`
+    /// does) to stop a pull: apptainer's process group is stopped, its
+    /// temporary file removed, and the pull returns an error that
+    /// [`interrupted_by`] recognises. Checked while waiting for a lock,
+    /// pulling and hashing.
+    pub cancel: Option<Arc<AtomicUsize>>,
 }
 
 /// Policy, cache and apptainer, together.
@@ -96,7 +157,7 @@ impl Runtime {
         let cache = Cache::open(&root)
             .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?;
         let policy_options = PolicyOptions {
-            compile_cache: crate::policy::CompileCache::for_cache_root(&root),
+            compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
         };
         let policy = Policy::load(&config, &policy_options)?;
         Ok(Self {
@@ -140,8 +201,71 @@ impl Runtime {
         self.policy.resolve(image, ctx)
     }
 
+    /// The signal that asked to stop, if one has.
+    fn cancelled(&self) -> Option<i32> {
+        let signal = self.options.cancel.as_ref()?.load(Ordering::SeqCst);
+        (signal != 0).then(|| i32::try_from(signal).unwrap_or(i32::MAX))
+    }
+
+    fn check_cancel(&self) -> Result<(), Error> {
+        match self.cancelled() {
+            Some(signal) => Err(interrupted(signal)),
+            None => Ok(()),
+        }
+    }
+
+    /// Take `identity`'s lock, reporting the wait, bounded by the pull
+    /// timeout and cut short by a signal.
+    fn hold(
+        &self,
+        identity: &Identity,
+        mode: LockMode,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<ImageLock, Error> {
+        let limit = self.pull_timeout();
+        let mut report = |waited| {
+            progress(Progress::Waiting {
+                identity: &identity.text,
+                waited,
+                limit,
+            });
+            self.cancelled().is_none()
+        };
+        let wait = &mut Wait {
+            timeout: Some(limit),
+            on_wait: Some(&mut report),
+        };
+        match self.cache.lock(identity, mode, wait) {
+            Ok(lock) => Ok(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Error::io(
+                format!(
+                    "gave up on {} after waiting {} (the pull timeout) for another sifr \
+                     pulling it, or removing it from the cache at {}; see whether that \
+                     process is stuck, or raise the limit with --pull-timeout or \
+                     SIFR_PULL_TIMEOUT",
+                    identity.text,
+                    humantime::format_duration(limit),
+                    self.cache.root().display()
+                ),
+                e,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                Err(interrupted(self.cancelled().unwrap_or(0)))
+            }
+            Err(e) => Err(cache_error(self.cache.root(), e)),
+        }
+    }
+
     /// Make `image` ready in the cache: a verified hit, or a pull through
-    /// the policy's plan, one process at a time per image.
+    /// the policy's plan, one process at a time per image. The result holds
+    /// the image (see [`Pulled`]).
+    ///
+    /// The lock dance: a hit is verified under the identity's shared lock,
+    /// which the result keeps. A miss takes the exclusive lock (never by
+    /// upgrading a shared one, which could deadlock two upgraders), looks
+    /// again (another process may have pulled it meanwhile), pulls, then
+    /// lets go and re-takes the shared lock, verifying again: an eviction
+    /// may have come in between, and then the image is pulled again.
     pub fn pull(
         &self,
         image: &ImageRef,
@@ -150,41 +274,96 @@ impl Runtime {
     ) -> Result<Pulled, Error> {
         let mut ctx = Context::new(purpose);
         let identity = Identity::of(image, &ctx.arch);
-        let cache_err = |e| cache_error(self.cache.root(), e);
+        let cache_err = |e| self.cache_or_cancel_error(e);
+        self.check_cancel()?;
 
-        let mut hashing = |done, total| progress(Progress::Hashing { done, total });
-        let first = self
-            .cache
-            .lookup(&identity, &mut hashing)
-            .map_err(cache_err)?;
-        if let Lookup::Hit { entry, .. } = &first {
-            ctx.local_sif_digest = entry.sif_digest();
+        // A first look, under a shared hold when the image seems cached.
+        let mut first = None;
+        if self.cache.peek(&identity) {
+            let hold = self.hold(&identity, LockMode::Shared, progress)?;
+            let mut hashing = HashReport {
+                runtime: self,
+                progress: &mut *progress,
+            };
+            let found = self
+                .cache
+                .lookup_held(&identity, &hold, &mut hashing)
+                .map_err(cache_err)?;
+            if let Lookup::Hit { entry, .. } = &found {
+                ctx.local_sif_digest = entry.sif_digest();
+            }
+            first = Some((found, hold));
         }
         // The policy is asked even for a cached image: a site may have
         // blocked it since.
         let plan = self.policy.resolve(image, &ctx).into_plan()?;
         match first {
-            Lookup::Hit { entry, .. } => return Ok(self.hit(image, entry)),
-            Lookup::Corrupt { entry, actual } => warn_corrupt(&entry, &actual, progress),
-            Lookup::Miss => {}
+            Some((Lookup::Hit { entry, .. }, hold)) => return Ok(self.hit(image, entry, hold)),
+            // Corrupt: evicted below, under the exclusive lock.
+            Some((_, hold)) => drop(hold),
+            None => {}
         }
 
-        let _lock = self
-            .cache
-            .lock(&identity, || {
-                progress(Progress::Waiting {
-                    identity: &identity.text,
-                })
-            })
-            .map_err(cache_err)?;
-        // Whoever held the lock may have pulled it for us.
-        let mut hashing = |done, total| progress(Progress::Hashing { done, total });
+        // A pull, then a verified hit; again if an eviction came between
+        // the two, but not forever.
+        const ROUNDS: usize = 3;
+        for _ in 0..ROUNDS {
+            let pulled = self.pull_exclusive(image, &identity, &ctx, &plan, progress)?;
+            self.check_cancel()?;
+            let hold = self.hold(&identity, LockMode::Shared, progress)?;
+            let mut hashing = HashReport {
+                runtime: self,
+                progress: &mut *progress,
+            };
+            match self
+                .cache
+                .lookup_held(&identity, &hold, &mut hashing)
+                .map_err(cache_err)?
+            {
+                Lookup::Hit { entry, .. } => {
+                    return Ok(Pulled {
+                        hold: Some(Arc::new(hold)),
+                        entry,
+                        ..pulled
+                    });
+                }
+                Lookup::Corrupt { .. } | Lookup::Miss => {}
+            }
+        }
+        Err(Error::io(
+            format!(
+                "{} was removed from the cache at {} each time it was pulled ({ROUNDS} times); \
+                 see what runs `sifr cache rm` or `sifr cache prune` there",
+                image,
+                self.cache.root().display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+    }
+
+    /// Under the identity's exclusive lock: find it cached (another process
+    /// pulled it while we waited), or pull it through `plan`. The result
+    /// holds nothing.
+    fn pull_exclusive(
+        &self,
+        image: &ImageRef,
+        identity: &Identity,
+        ctx: &Context,
+        plan: &[crate::policy::Source],
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Pulled, Error> {
+        let cache_err = |e| self.cache_or_cancel_error(e);
+        let lock = self.hold(identity, LockMode::Exclusive, progress)?;
+        let mut hashing = HashReport {
+            runtime: self,
+            progress: &mut *progress,
+        };
         match self
             .cache
-            .lookup(&identity, &mut hashing)
+            .lookup_held(identity, &lock, &mut hashing)
             .map_err(cache_err)?
         {
-            Lookup::Hit { entry, .. } => return Ok(self.hit(image, entry)),
+            Lookup::Hit { entry, .. } => return Ok(self.unheld(image, entry, true)),
             Lookup::Corrupt { entry, actual } => warn_corrupt(&entry, &actual, progress),
             Lookup::Miss => {}
         }
@@ -193,15 +372,17 @@ impl Runtime {
         let arch = (ctx.arch != crate::policy::host_arch()).then_some(ctx.arch.as_str());
         let mut attempts = Vec::new();
         for (i, source) in plan.iter().enumerate() {
+            self.check_cancel()?;
             let uri = source.uri();
             progress(Progress::Attempt {
                 uri: &uri,
                 index: i + 1,
                 of: plan.len(),
             });
-            let (tmp_name, tmp_path) = self.cache.temp_pull_path(&identity).map_err(cache_err)?;
+            let (tmp_name, tmp_path) = self.cache.temp_pull_path(identity).map_err(cache_err)?;
             let args = Apptainer::pull_args(&tmp_path, &uri, source.plain_http, arch);
-            let result = apptainer.pull(&args, self.pull_timeout(), &mut |line| {
+            let cancelled = || self.cancelled();
+            let result = apptainer.pull(&args, self.pull_timeout(), &cancelled, &mut |line| {
                 progress(Progress::Output { line })
             });
             match result {
@@ -223,20 +404,22 @@ impl Runtime {
                             .collect(),
                         stamp: Default::default(),
                     };
-                    let mut hashing = |done, total| progress(Progress::Hashing { done, total });
+                    let mut hashing = HashReport {
+                        runtime: self,
+                        progress: &mut *progress,
+                    };
                     let entry = self
                         .cache
-                        .commit(&identity, &tmp_name, entry, &mut hashing)
+                        .commit(identity, &tmp_name, entry, &mut hashing)
                         .map_err(|e| {
                             self.cache.discard_temp(&tmp_name);
                             cache_err(e)
                         })?;
-                    return Ok(Pulled {
-                        image: image.to_string(),
-                        path: self.cache.blob_path(&entry),
-                        cached: false,
-                        entry,
-                    });
+                    return Ok(self.unheld(image, entry, false));
+                }
+                Err(AttemptFailure::Interrupted { signal }) => {
+                    self.cache.discard_temp(&tmp_name);
+                    return Err(interrupted(signal));
                 }
                 Err(failure) => {
                     self.cache.discard_temp(&tmp_name);
@@ -264,12 +447,28 @@ impl Runtime {
         })
     }
 
-    fn hit(&self, image: &ImageRef, entry: Entry) -> Pulled {
+    /// A cache I/O error, unless it happened because a signal asked to stop.
+    fn cache_or_cancel_error(&self, e: std::io::Error) -> Error {
+        match self.cancelled() {
+            Some(signal) => interrupted(signal),
+            None => cache_error(self.cache.root(), e),
+        }
+    }
+
+    fn hit(&self, image: &ImageRef, entry: Entry, hold: ImageLock) -> Pulled {
+        Pulled {
+            hold: Some(Arc::new(hold)),
+            ..self.unheld(image, entry, true)
+        }
+    }
+
+    fn unheld(&self, image: &ImageRef, entry: Entry, cached: bool) -> Pulled {
         Pulled {
             image: image.to_string(),
             path: self.cache.blob_path(&entry),
-            cached: true,
+            cached,
             entry,
+            hold: None,
         }
     }
 
@@ -287,7 +486,9 @@ impl Runtime {
         self.run_pulled(&pulled, mode, options, args)
     }
 
-    /// `apptainer run|exec` an image [`Runtime::pull`] made ready.
+    /// `apptainer run|exec` an image [`Runtime::pull`] made ready. The image
+    /// stays held (eviction waits) until apptainer exits; if `pulled` no
+    /// longer holds it, it is taken again and checked to be the same file.
     pub fn run_pulled(
         &self,
         pulled: &Pulled,
@@ -296,10 +497,54 @@ impl Runtime {
         args: &[String],
     ) -> Result<i32, Error> {
         let apptainer = self.apptainer()?;
+        let _retaken = match &pulled.hold {
+            Some(_) => None,
+            None => Some(self.retake(pulled)?),
+        };
         let argv = Apptainer::run_args(mode, &pulled.path, options, args);
         apptainer
-            .run(&argv)
+            .run(&argv, &options.host_env)
             .map_err(|e| Error::io(format!("running {}", apptainer.path.display()), e))
+    }
+
+    /// Hold a released [`Pulled`] again, and check that the cache still has
+    /// the same file for it.
+    fn retake(&self, pulled: &Pulled) -> Result<ImageLock, Error> {
+        let identity = Identity::from_text(pulled.entry.identity.clone());
+        let hold = self.hold(&identity, LockMode::Shared, &mut |_| {})?;
+        match self
+            .cache
+            .lookup_held(&identity, &hold, &mut ())
+            .map_err(|e| cache_error(self.cache.root(), e))?
+        {
+            Lookup::Hit { entry, .. } if entry.sif_digest == pulled.entry.sif_digest => Ok(hold),
+            _ => Err(Error::io(
+                format!(
+                    "{} ({}) is no longer in the cache at {}; pull it again",
+                    pulled.image,
+                    pulled.entry.sif_digest,
+                    self.cache.root().display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+        }
+    }
+}
+
+/// Hashing progress, as [`Progress::Hashing`]; a signal stops the hashing
+/// (it fails, and [`Runtime::cache_or_cancel_error`] says why).
+struct HashReport<'r, 'p> {
+    runtime: &'r Runtime,
+    progress: &'p mut dyn FnMut(Progress<'_>),
+}
+
+impl crate::cache::HashProgress for HashReport<'_, '_> {
+    fn hashed(&mut self, done: u64, total: u64) {
+        (self.progress)(Progress::Hashing { done, total });
+    }
+
+    fn keep_going(&mut self) -> bool {
+        self.runtime.cancelled().is_none()
     }
 }
 

@@ -11,6 +11,12 @@ const CHUNK: usize = 1 << 20;
 /// Told how far hashing has got.
 pub trait HashProgress {
     fn hashed(&mut self, done: u64, total: u64);
+
+    /// Asked before each read: `false` stops the hashing, which then fails
+    /// with [`io::ErrorKind::Interrupted`] (a signal asked sifr to stop).
+    fn keep_going(&mut self) -> bool {
+        true
+    }
 }
 
 impl HashProgress for () {
@@ -33,6 +39,9 @@ pub fn sha256_file(
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     loop {
+        if !progress.keep_going() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         let n = match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,

@@ -8,7 +8,7 @@
 //! ```text
 //! blobs/sha256/<hex>.sif    SIF files, named by the sha256 of their bytes
 //! index/<key>.json          identity -> blob, source, time, size, notes
-//! locks/<key>.lock          flock(2) target, one per identity
+//! locks/<key>.lock          flock(2) target, one per identity (see lock.rs)
 //! tmp/<key>-<pid>-<n>.sif   pulls in progress; never counted as cached
 //! plugins/                  compiled policy plugins (see policy::CompileCache)
 //! ```
@@ -20,6 +20,13 @@
 //! canonical upstream reference *before* any plugin rewrote it (so a mirror
 //! change does not cause a re-pull), keyed by its manifest digest when the
 //! reference is pinned, plus the architecture.
+//!
+//! **Eviction takes the identity's lock** exclusively (`remove`, `prune`, a
+//! corrupt entry found by a pull), so it never deletes what a pull has just
+//! committed, nor a SIF that a run has verified and apptainer has not opened
+//! yet (runs hold the lock shared). Blobs that no record refers to are swept
+//! only once they are older than [`ORPHAN_GRACE`]: a pull renames its blob
+//! into place a moment before it writes the record.
 
 mod hash;
 mod lock;
@@ -34,9 +41,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use hash::{HashProgress, sha256_file};
-pub use lock::ImageLock;
+pub use lock::{ImageLock, LockMode, Wait};
 
 use crate::reference::{ImageRef, SifDigest};
+
+/// How old a blob no record refers to must be before `prune` removes it.
+/// A pull moves its blob into place, then writes its record; a blob younger
+/// than this may be one whose record is being written, so it is kept.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 /// The identity of a cached image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,6 +68,12 @@ impl Identity {
             (None, Some(tag)) => format!("{name}:{tag} ({arch})"),
             (None, None) => format!("{name}:latest ({arch})"),
         };
+        Self::from_text(text)
+    }
+
+    /// The identity an index record names (its `identity` field).
+    pub fn from_text(text: impl Into<String>) -> Self {
+        let text = text.into();
         let key = hex::encode(Sha256::digest(text.as_bytes()));
         Self { text, key }
     }
@@ -156,8 +174,9 @@ pub enum Lookup {
     Hit { entry: Entry, rehashed: bool },
     /// Not cached.
     Miss,
-    /// Was cached, but the file changed and no longer matches its digest: it
-    /// has been evicted.
+    /// Was cached, but the file changed and no longer matches its digest.
+    /// Under an exclusive lock it has been evicted; under a shared one it is
+    /// left for a holder of the exclusive lock to evict.
     Corrupt { entry: Entry, actual: String },
 }
 
@@ -165,6 +184,16 @@ pub enum Lookup {
 pub struct Cache {
     root: PathBuf,
     dir: Dir,
+}
+
+/// What [`Cache::prune`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Pruned {
+    /// Removed (or, in a dry run, would be).
+    pub removed: Vec<Entry>,
+    /// Due for removal, but kept: a pull or a run held them.
+    pub in_use: Vec<Entry>,
 }
 
 /// A problem found by [`Cache::verify`].
@@ -176,9 +205,11 @@ pub struct BadEntry {
 }
 
 impl Cache {
-    /// Open (creating) the cache at `root`.
+    /// Open (creating) the cache at `root`. A relative root is made
+    /// absolute against the current directory, so that the paths given to
+    /// apptainer are absolute (a relative `-x/...` would read as a flag).
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
-        let root = root.into();
+        let root = std::path::absolute(root.into())?;
         std::fs::create_dir_all(&root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
         for sub in ["blobs/sha256", "index", "locks", "tmp"] {
@@ -196,16 +227,50 @@ impl Cache {
         self.root.join(entry.blob_name())
     }
 
-    /// Take the pull lock for `identity`.
-    pub fn lock(&self, identity: &Identity, on_wait: impl FnOnce()) -> io::Result<ImageLock> {
-        let file = self
-            .dir
-            .open_with(
-                format!("locks/{}.lock", identity.key),
-                OpenOptions::new().create(true).truncate(false).write(true),
-            )?
-            .into_std();
-        ImageLock::acquire(&identity.key, file, on_wait)
+    /// Take `identity`'s lock: shared to use its image, exclusive to pull or
+    /// evict it (see the `lock` module).
+    pub fn lock(
+        &self,
+        identity: &Identity,
+        mode: LockMode,
+        wait: &mut Wait<'_>,
+    ) -> io::Result<ImageLock> {
+        self.lock_key(&identity.key, mode, wait)
+    }
+
+    fn lock_key(&self, key: &str, mode: LockMode, wait: &mut Wait<'_>) -> io::Result<ImageLock> {
+        // Read and write: on NFS a shared flock is a POSIX read lock, which
+        // the server refuses on a file not open for reading.
+        let open = || {
+            Ok(self
+                .dir
+                .open_with(
+                    format!("locks/{key}.lock"),
+                    OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .read(true)
+                        .write(true),
+                )?
+                .into_std())
+        };
+        ImageLock::acquire(key, mode, open, wait)
+    }
+
+    /// Take `key`'s lock if nobody holds it in a conflicting mode.
+    fn try_lock_key(&self, key: &str, mode: LockMode) -> io::Result<Option<ImageLock>> {
+        match self.lock_key(key, mode, &mut Wait::never()) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `identity` looks cached (a record, and its blob), without a
+    /// lock and without checking the blob: a hint of which lock to take.
+    pub fn peek(&self, identity: &Identity) -> bool {
+        matches!(self.read_entry(&identity.key), Ok(Some(entry))
+            if self.dir.metadata(entry.blob_name()).is_ok())
     }
 
     /// An index record, or `None` when there is none or it does not parse.
@@ -243,13 +308,37 @@ impl Cache {
         Ok(Stamp::of(&file.metadata()?))
     }
 
-    /// Look `identity` up. A hit whose stamp is unchanged costs two small
-    /// reads and an fstat; a changed stamp costs a re-hash; a mismatch evicts.
+    /// Look `identity` up, under a shared lock taken for the lookup alone
+    /// (waiting for a pull or an eviction in progress). See
+    /// [`Cache::lookup_held`].
     pub fn lookup(
         &self,
         identity: &Identity,
         progress: &mut dyn HashProgress,
     ) -> io::Result<Lookup> {
+        let hold = self.lock(
+            identity,
+            LockMode::Shared,
+            &mut Wait {
+                timeout: None,
+                on_wait: None,
+            },
+        )?;
+        self.lookup_held(identity, &hold, progress)
+    }
+
+    /// Look `identity` up while holding its lock. A hit whose stamp is
+    /// unchanged costs two small reads and an fstat; a changed stamp costs a
+    /// re-hash. Under an exclusive lock, a mismatch evicts the entry, and a
+    /// record whose blob is gone is removed.
+    pub fn lookup_held(
+        &self,
+        identity: &Identity,
+        hold: &ImageLock,
+        progress: &mut dyn HashProgress,
+    ) -> io::Result<Lookup> {
+        debug_assert_eq!(hold.key(), identity.key);
+        let exclusive = hold.mode() == LockMode::Exclusive;
         let Some(entry) = self.read_entry(&identity.key)? else {
             return Ok(Lookup::Miss);
         };
@@ -257,7 +346,9 @@ impl Cache {
         let stamp = match self.stamp(&name) {
             Ok(stamp) => stamp,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let _ = self.dir.remove_file(index_name(&identity.key));
+                if exclusive {
+                    let _ = self.dir.remove_file(index_name(&identity.key));
+                }
                 return Ok(Lookup::Miss);
             }
             Err(e) => return Err(e),
@@ -278,15 +369,20 @@ impl Cache {
                 rehashed: true,
             });
         }
-        self.evict(&identity.key, &entry)?;
+        if exclusive {
+            self.evict(hold, &entry)?;
+        }
         Ok(Lookup::Corrupt {
             entry,
             actual: format!("sha256:{actual}"),
         })
     }
 
-    fn evict(&self, key: &str, entry: &Entry) -> io::Result<()> {
-        ignore_missing(self.dir.remove_file(index_name(key)))?;
+    /// Remove `entry`, and its blob unless another record refers to it. The
+    /// caller holds the identity's lock exclusively.
+    fn evict(&self, hold: &ImageLock, entry: &Entry) -> io::Result<()> {
+        debug_assert_eq!(hold.mode(), LockMode::Exclusive);
+        ignore_missing(self.dir.remove_file(index_name(hold.key())))?;
         if !self
             .entries()?
             .iter()
@@ -373,12 +469,22 @@ impl Cache {
 
     /// Remove the entries whose image (canonical, or as typed) or SIF digest
     /// (or a prefix of at least 8 hex digits) matches `what`. Returns them.
-    pub fn remove(&self, what: &str) -> io::Result<Vec<Entry>> {
+    ///
+    /// Each is removed under its identity's exclusive lock, so a pull of it
+    /// in progress, or a run that holds it, is waited for: `on_wait` is
+    /// told which entry and for how long (return `false` to give up, with
+    /// [`io::ErrorKind::Interrupted`]); after `timeout`, the removal fails
+    /// with [`io::ErrorKind::TimedOut`].
+    pub fn remove(
+        &self,
+        what: &str,
+        timeout: Option<Duration>,
+        on_wait: &mut dyn FnMut(&Entry, Duration) -> bool,
+    ) -> io::Result<Vec<Entry>> {
         let as_image = ImageRef::parse(what).ok();
         let hex = what.strip_prefix("sha256:").unwrap_or(what);
         let as_digest = hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        let mut removed = Vec::new();
-        for (key, entry) in self.entries()? {
+        let matches = |entry: &Entry| {
             let by_image = as_image.as_ref().is_some_and(|image| {
                 let canonical = image.to_string();
                 entry.image == canonical
@@ -387,23 +493,48 @@ impl Cache {
                         && entry.image.starts_with(&format!("{canonical}:")))
             });
             let by_digest = as_digest && entry.blob_hex().starts_with(&hex.to_ascii_lowercase());
-            if by_image || by_digest {
-                self.evict(&key, &entry)?;
-                removed.push(entry);
+            by_image || by_digest
+        };
+        let mut removed = Vec::new();
+        for (key, entry) in self.entries()? {
+            if !matches(&entry) {
+                continue;
+            }
+            let mut report = |waited| on_wait(&entry, waited);
+            let lock = self.lock_key(
+                &key,
+                LockMode::Exclusive,
+                &mut Wait {
+                    timeout,
+                    on_wait: Some(&mut report),
+                },
+            )?;
+            // What the record says now: a pull may have replaced it, or
+            // another removal taken it, while we waited.
+            if let Some(current) = self.read_entry(&key)?
+                && matches(&current)
+            {
+                self.evict(&lock, &current)?;
+                removed.push(current);
             }
         }
         Ok(removed)
     }
 
     /// Remove entries pulled more than `older_than` ago, then the oldest
-    /// ones until the cache fits in `max_size` bytes; also orphaned blobs and
-    /// leftovers of killed pulls. With `dry_run`, only report.
+    /// ones until the cache fits in `max_size` bytes; also orphaned blobs
+    /// older than [`ORPHAN_GRACE`] and leftovers of killed pulls. With
+    /// `dry_run`, only report.
+    ///
+    /// An entry whose identity's lock is held (a pull, a run, another
+    /// eviction) is not waited for: it is in use, so it is kept, and listed
+    /// in [`Pruned::in_use`].
     pub fn prune(
         &self,
         older_than: Option<Duration>,
         max_size: Option<u64>,
         dry_run: bool,
-    ) -> io::Result<Vec<Entry>> {
+    ) -> io::Result<Pruned> {
         let now = unix_now();
         let mut entries = self.entries()?;
         entries.sort_by_key(|(_, e)| e.pulled_at);
@@ -426,26 +557,57 @@ impl Cache {
             }
             doomed.extend(kept.drain(..i));
         }
-        if !dry_run {
-            for (key, entry) in &doomed {
-                self.evict(key, entry)?;
-            }
-            self.sweep()?;
+        let mut pruned = Pruned::default();
+        if dry_run {
+            pruned.removed = doomed.into_iter().map(|(_, e)| e).collect();
+            return Ok(pruned);
         }
-        Ok(doomed.into_iter().map(|(_, e)| e).collect())
+        for (key, entry) in doomed {
+            let Some(lock) = self.try_lock_key(&key, LockMode::Exclusive)? else {
+                pruned.in_use.push(entry);
+                continue;
+            };
+            // Only the record that was judged: a newer pull is not old.
+            match self.read_entry(&key)? {
+                Some(current)
+                    if current.sif_digest == entry.sif_digest
+                        && current.pulled_at == entry.pulled_at =>
+                {
+                    self.evict(&lock, &current)?;
+                    pruned.removed.push(current);
+                }
+                _ => {}
+            }
+        }
+        self.sweep()?;
+        Ok(pruned)
     }
 
-    /// Remove blobs no entry refers to, and temporary files whose pull is
-    /// not running (nobody holds their identity's lock).
+    /// Remove blobs no entry refers to that are older than
+    /// [`ORPHAN_GRACE`], and temporary files whose pull is not running
+    /// (nobody holds their identity's lock).
     fn sweep(&self) -> io::Result<()> {
         let referenced: std::collections::HashSet<String> = self
             .entries()?
             .into_iter()
             .map(|(_, e)| e.blob_name())
             .collect();
+        let grace_ns = ORPHAN_GRACE.as_nanos() as i128;
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
         for item in self.dir.read_dir("blobs/sha256")? {
             let name = format!("blobs/sha256/{}", item?.file_name().to_string_lossy());
-            if !referenced.contains(&name) {
+            if referenced.contains(&name) {
+                continue;
+            }
+            // The rename into place and the chmod before it set the ctime.
+            let stamp = match self.stamp(&name) {
+                Ok(stamp) => stamp,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if now_ns - stamp.ctime_ns.max(stamp.mtime_ns) > grace_ns {
                 ignore_missing(self.dir.remove_file(&name))?;
             }
         }
@@ -465,15 +627,10 @@ impl Cache {
                 continue;
             }
             let key: String = file.chars().take(64).collect();
-            let identity = Identity {
-                text: String::new(),
-                key,
-            };
-            let lock = self.dir.open_with(
-                format!("locks/{}.lock", identity.key),
-                OpenOptions::new().create(true).truncate(false).write(true),
-            )?;
-            if lock.into_std().try_lock().is_ok() {
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            if let Some(_pulling) = self.try_lock_key(&key, LockMode::Exclusive)? {
                 ignore_missing(self.dir.remove_file(format!("tmp/{file}")))?;
             }
         }

@@ -8,6 +8,7 @@ use serde_json::json;
 use sifr::cache::{Cache, Entry, unix_now};
 use sifr::{Config, ConfigSources};
 
+use super::progress::Display;
 use super::{Globals, exit};
 
 #[derive(clap::Subcommand)]
@@ -20,12 +21,16 @@ pub enum Command {
     },
     /// Remove cached images by reference (`ubuntu:22.04`; `ubuntu` for all
     /// its tags) or by SIF digest (`sha256:<hex>`, or 8+ leading hex digits).
+    ///
+    /// An image being pulled, or held by a `sifr run`/`exec` until
+    /// apptainer has it, is removed once they let go (sifr says it waits).
     Rm {
         #[arg(required = true, value_name = "IMAGE|DIGEST")]
         what: Vec<String>,
     },
     /// Remove old images, or the oldest until the cache fits a size; also
-    /// orphaned files and leftovers of killed pulls.
+    /// orphaned files (older than an hour) and leftovers of killed pulls.
+    /// Images in use (being pulled, or held by a run) are kept.
     ///
     /// Examples:
     ///   sifr cache prune --older-than 30d
@@ -98,7 +103,21 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
         Command::Rm { what } => {
             let mut code = 0;
             for item in &what {
-                let removed = cache.remove(item)?;
+                let mut display = Display::new(globals);
+                let removed = cache.remove(item, None, &mut |entry, waited| {
+                    display.waiting(
+                        &format!(
+                            "waiting for the sifr processes using {} (a pull, or a run until \
+                             apptainer has it) to let go of it",
+                            entry.image
+                        ),
+                        waited,
+                        None,
+                    );
+                    true
+                });
+                display.finish();
+                let removed = removed?;
                 if removed.is_empty() {
                     eprintln!("sifr: error: nothing cached matches {item:?}; see `sifr cache ls`");
                     code = exit::FAILURE;
@@ -120,20 +139,37 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
                     "sifr: no --older-than or --max-size: only orphans and leftovers are removed"
                 );
             }
-            let doomed = cache.prune(older_than, max_size.map(|s| s.as_u64()), dry_run)?;
+            let pruned = cache.prune(older_than, max_size.map(|s| s.as_u64()), dry_run)?;
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"dry-run": dry_run, "removed": doomed}))?
+                    serde_json::to_string_pretty(&json!({
+                        "dry-run": dry_run,
+                        "removed": pruned.removed,
+                        "in-use": pruned.in_use,
+                    }))?
                 );
             } else {
                 let verb = if dry_run { "would remove" } else { "removed" };
-                for entry in &doomed {
+                for entry in &pruned.removed {
                     println!("{verb} {}", line(entry));
                 }
-                let freed: u64 = doomed.iter().map(|e| e.size).sum();
+                for entry in &pruned.in_use {
+                    println!("kept (in use) {}", line(entry));
+                }
+                let freed: u64 = pruned.removed.iter().map(|e| e.size).sum();
                 if !globals.quiet {
-                    eprintln!("sifr: {verb} {} images, {}", doomed.len(), ByteSize(freed));
+                    eprintln!(
+                        "sifr: {verb} {} images, {}",
+                        pruned.removed.len(),
+                        ByteSize(freed)
+                    );
+                    if !pruned.in_use.is_empty() {
+                        eprintln!(
+                            "sifr: kept {} images a pull or a run is using; prune again later",
+                            pruned.in_use.len()
+                        );
+                    }
                 }
             }
             Ok(0)

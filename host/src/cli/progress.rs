@@ -1,5 +1,7 @@
 //! Progress on a TTY: a spinner with a rolling tail of apptainer's output,
-//! and a byte bar while hashing. Quiet when stderr is not a terminal.
+//! a byte bar while hashing, and how long a wait for another process's
+//! lock has lasted. Quiet when stderr is not a terminal, but for one line
+//! when a wait begins.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -13,6 +15,8 @@ pub struct Display {
     bar: Option<ProgressBar>,
     hashing: bool,
     quiet: bool,
+    /// What we are waiting for, once the wait has been announced.
+    waiting_on: Option<String>,
 }
 
 impl Display {
@@ -22,6 +26,7 @@ impl Display {
             bar: None,
             hashing: false,
             quiet: globals.quiet,
+            waiting_on: None,
         }
         .with_tty(tty)
     }
@@ -43,11 +48,18 @@ impl Display {
     /// (unless --quiet); the rest only on a TTY.
     pub fn update(&mut self, event: Progress<'_>) {
         match event {
-            Progress::Waiting { identity } => {
-                self.note(&format!("waiting for another sifr pulling {identity}"))
-            }
+            Progress::Waiting {
+                identity,
+                waited,
+                limit,
+            } => self.waiting(
+                &format!("waiting for another sifr pulling {identity}"),
+                waited,
+                Some(limit),
+            ),
             Progress::Attempt { uri, index, of } => {
                 self.hashing = false;
+                self.waiting_on = None;
                 if let Some(bar) = &self.bar {
                     bar.set_style(
                         ProgressStyle::with_template("{spinner} {prefix} {wide_msg:.dim}")
@@ -87,6 +99,33 @@ impl Display {
                 }
             }
             Progress::Warning { message } => self.warn(message),
+        }
+    }
+
+    /// A wait for another process: announced once (a line, TTY or not),
+    /// then, on a TTY, the spinner says how long it has lasted.
+    pub fn waiting(&mut self, what: &str, waited: Duration, limit: Option<Duration>) {
+        if self.waiting_on.as_deref() != Some(what) {
+            self.waiting_on = Some(what.to_string());
+            self.hashing = false;
+            self.note(what);
+            if let Some(bar) = &self.bar {
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg:.dim}")
+                        .expect("a valid template"),
+                );
+                bar.set_prefix(what.to_string());
+            }
+        }
+        if let Some(bar) = &self.bar {
+            let so_far = humantime::format_duration(Duration::from_secs(waited.as_secs()));
+            bar.set_message(match limit {
+                Some(limit) => format!(
+                    "({so_far} so far; giving up after {})",
+                    humantime::format_duration(limit)
+                ),
+                None => format!("({so_far} so far)"),
+            });
         }
     }
 

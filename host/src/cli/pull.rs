@@ -1,11 +1,14 @@
 //! `sifr pull`, `sifr run` and `sifr exec`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
-use sifr::apptainer::{RunMode, RunOptions};
+use sifr::apptainer::{HostEnv, RunMode, RunOptions};
+use sifr::runtime::interrupted_by;
 use sifr::{Config, ConfigSources, ImageRef, Purpose, Runtime, RuntimeOptions};
 
 use super::progress::Display;
@@ -67,6 +70,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     apptainer_arg: Vec<String>,
 
+    /// Let the host's APPTAINERENV_*, SINGULARITYENV_* and
+    /// APPTAINER_ENV_FILE set variables in the container (dropped by
+    /// default: --env is the way in).
+    #[arg(long)]
+    keep_container_env: bool,
+
+    /// Drop the host's APPTAINER_BIND, APPTAINER_BINDPATH and their
+    /// SINGULARITY_* twins (passed by default: sites set them for their
+    /// filesystems).
+    #[arg(long)]
+    no_env_binds: bool,
+
     #[command(flatten)]
     options: PullOptions,
 
@@ -82,7 +97,7 @@ fn parse_env(s: &str) -> Result<String, String> {
     }
 }
 
-fn runtime(globals: &Globals, options: &PullOptions) -> Result<Runtime> {
+fn runtime(globals: &Globals, options: &PullOptions, cancel: &Cancel) -> Result<Runtime> {
     let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
     Ok(Runtime::new(
         config,
@@ -90,12 +105,44 @@ fn runtime(globals: &Globals, options: &PullOptions) -> Result<Runtime> {
             apptainer: options.apptainer.clone(),
             cache_dir: None,
             pull_timeout: options.pull_timeout,
+            cancel: Some(cancel.0.clone()),
         },
     )?)
 }
 
+/// SIGINT, SIGTERM and SIGHUP while pulling: the pull stops (apptainer's
+/// process group with it, and its temporary file goes), then sifr exits
+/// 128 + the signal. Without this, apptainer, in a process group of its
+/// own, would go on pulling after sifr died, past any timeout.
+struct Cancel(Arc<AtomicUsize>);
+
+impl Cancel {
+    fn install() -> Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let flag = Arc::new(AtomicUsize::new(0));
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            signal_hook::flag::register_usize(signal, flag.clone(), signal as usize)?;
+        }
+        Ok(Self(flag))
+    }
+
+    /// The exit code for a signal that stopped us, if one did.
+    fn code(&self) -> Option<u8> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(u8::try_from(128 + signal).unwrap_or(exit::FAILURE)),
+        }
+    }
+}
+
+/// 128 + the signal, if `error` is a pull stopped by one.
+fn interrupted_code(error: &sifr::Error) -> Option<u8> {
+    interrupted_by(error).map(|signal| u8::try_from(128 + signal).unwrap_or(exit::FAILURE))
+}
+
 pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
-    let runtime = runtime(globals, &args.options)?;
+    let cancel = Cancel::install()?;
+    let runtime = runtime(globals, &args.options, &cancel)?;
     let mut code = 0;
     let mut out = Vec::new();
     for input in &args.images {
@@ -134,6 +181,9 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
             }
             Err(e) => {
                 eprintln!("sifr: error: {e}");
+                if let Some(stopped) = interrupted_code(&e) {
+                    return Ok(stopped);
+                }
                 code = if code == 0 {
                     super::sifr_exit_code(&e)
                 } else {
@@ -142,6 +192,9 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
                 out.push(json!({"input": input, "error": e.to_string()}));
             }
         }
+    }
+    if let Some(stopped) = cancel.code() {
+        return Ok(stopped);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -154,18 +207,45 @@ pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
         anyhow::bail!("`sifr exec` needs a command: sifr exec IMAGE -- COMMAND [ARGS...]");
     }
     let image = ImageRef::parse(&args.image)?;
-    let runtime = runtime(globals, &args.options)?;
+    let cancel = Cancel::install()?;
+    let runtime = runtime(globals, &args.options, &cancel)?;
     let options = RunOptions {
         binds: args.bind,
         env: args.env,
         pwd: args.pwd,
         nv: args.nv,
         extra_args: args.apptainer_arg,
+        host_env: HostEnv {
+            container_env: args.keep_container_env,
+            binds: !args.no_env_binds,
+        },
     };
     let mut display = Display::new(globals);
     let pulled = runtime.pull(&image, Purpose::Run, &mut |p| display.update(p));
     display.finish();
-    let code = runtime.run_pulled(&pulled?, mode, &options, &args.args)?;
+    let pulled = match pulled {
+        Err(e) if interrupted_code(&e).is_some() => {
+            eprintln!("sifr: error: {e}");
+            return Ok(interrupted_code(&e).unwrap_or(exit::FAILURE));
+        }
+        other => other?,
+    };
+    // Stopped after the pull, before the container started.
+    if let Some(stopped) = cancel.code() {
+        return Ok(stopped);
+    }
+    if globals.verbose > 0 {
+        for name in sifr::apptainer::BIND_VARS {
+            if let Some(value) = std::env::var_os(name).filter(|_| options.host_env.binds) {
+                eprintln!(
+                    "sifr: binds from the environment: {name}={}",
+                    value.to_string_lossy()
+                );
+            }
+        }
+    }
+    // The pulled image stays held until apptainer is done with it.
+    let code = runtime.run_pulled(&pulled, mode, &options, &args.args)?;
     // The container's own code; codes beyond 255 cannot be passed on.
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
 }
