@@ -27,7 +27,9 @@ pub const CERT_DIR_VAR: &str = "APPTAINER_DOUBLE_CERT_DIR";
 pub const PID_FILE_VAR: &str = "APPTAINER_DOUBLE_PID_FILE";
 pub const HOLD_VAR: &str = "APPTAINER_DOUBLE_HOLD";
 pub const HELPER_VAR: &str = "APPTAINER_DOUBLE_HELPER";
+pub const RUN_HOLD_VAR: &str = "APPTAINER_DOUBLE_RUN_HOLD";
 pub const RAN_VAR: &str = "APPTAINER_DOUBLE_RAN";
+pub const ENV_LOG_VAR: &str = "APPTAINER_DOUBLE_ENV_LOG";
 
 /// Controls that shape how the fake backend writes its file. The real
 /// backend has no such file to shape, so it refuses them rather than
@@ -85,6 +87,10 @@ pub struct Controls {
     /// Whether a pull starts a helper process that lives as long as the
     /// pull, as apptainer's pulls run helpers (mksquashfs and the like).
     pub helper: bool,
+    /// `run` and `exec` wait, before they open the image, until this file
+    /// exists: a test holds the moment between sifr's check of the image
+    /// and apptainer's open of it.
+    pub run_hold: Option<PathBuf>,
 }
 
 impl Controls {
@@ -126,6 +132,7 @@ impl Controls {
             cert_dir: path_var(CERT_DIR_VAR),
             hold: path_var(HOLD_VAR),
             helper: flag(HELPER_VAR)?,
+            run_hold: path_var(RUN_HOLD_VAR),
         })
     }
 }
@@ -155,6 +162,48 @@ pub fn log_invocation(args: &[OsString]) -> Result<(), Failure> {
         .map_err(|err| {
             Failure::fatal(format!(
                 "apptainer test double: cannot append to {LOG_VAR}={}: {}",
+                path.display(),
+                go_error_text(&err)
+            ))
+        })
+}
+
+/// Append the apptainer and singularity variables this invocation got
+/// (`APPTAINER*` and `SINGULARITY*`, but not the double's own controls) to
+/// the file `APPTAINER_DOUBLE_ENV_LOG` names: one JSON line per invocation,
+/// `{"argv": [...], "env": {"NAME": "VALUE", ...}}`, so a test sees what
+/// reached apptainer from the host. Like the argv log, this runs first.
+pub fn log_env(args: &[OsString]) -> Result<(), Failure> {
+    let Some(path) = path_var(ENV_LOG_VAR) else {
+        return Ok(());
+    };
+    let env: std::collections::BTreeMap<String, String> = env::vars_os()
+        .map(|(name, value)| {
+            (
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
+        .filter(|(name, _)| {
+            (name.starts_with("APPTAINER") || name.starts_with("SINGULARITY"))
+                && !name.starts_with("APPTAINER_DOUBLE_")
+        })
+        .collect();
+    let argv: Vec<String> = args
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let mut line = serde_json::to_string(&serde_json::json!({"argv": argv, "env": env}))
+        .map_err(|err| Failure::fatal(format!("apptainer test double: {err}")))?;
+    line.push('\n');
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|err| {
+            Failure::fatal(format!(
+                "apptainer test double: cannot append to {ENV_LOG_VAR}={}: {}",
                 path.display(),
                 go_error_text(&err)
             ))

@@ -22,7 +22,8 @@
 //!
 //! Tests steer it with `APPTAINER_DOUBLE_*` environment variables (see
 //! [`HELP`] and [`controls`]): choose the backend, log each argv and pid,
-//! fail, slow down or hold a pull, kill a pull midway, give it a helper
+//! fail, slow down or hold a pull (or a run, before it opens the image),
+//! log the apptainer variables it got, kill a pull midway, give it a helper
 //! process, set the version and the image size.
 //!
 //! Exit codes follow apptainer: 0 on success, 1 for a usage error (cobra),
@@ -114,9 +115,15 @@ Controls (environment; empty means unset):
                                    helper's) to PATH, one per line
   APPTAINER_DOUBLE_HOLD=PATH       a pull, once under way (fake: its file begun),
                                    waits until PATH exists (or its directory is gone)
+  APPTAINER_DOUBLE_RUN_HOLD=PATH   run and exec wait, before they open the image,
+                                   until PATH exists (or its directory is gone)
   APPTAINER_DOUBLE_RAN=PATH        run and exec append the image they opened to PATH
                                    as a JSON line: image (its resolved path), nonce
                                    (the one a fake pull wrote into it, or null)
+  APPTAINER_DOUBLE_ENV_LOG=PATH    append each invocation's argv and APPTAINER* and
+                                   SINGULARITY* variables (not the double's own)
+                                   to PATH as a JSON line: argv (an array), env
+                                   (an object)
  fake backend only (a real pull refuses them):
   APPTAINER_DOUBLE_SLEEP_MS=N      a pull takes N ms, spread over its writes
   APPTAINER_DOUBLE_DIE=1           a pull writes half its file, then SIGKILLs itself
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Failure> {
     let raw_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     controls::log_invocation(&raw_args)?;
+    controls::log_env(&raw_args)?;
     controls::record_pid(std::process::id())?;
     let controls = Controls::from_env()?;
     let args = raw_args
@@ -167,6 +175,9 @@ fn run() -> Result<ExitCode, Failure> {
             Backend::Real => real::pull(&pull, &controls)?,
         },
         Invocation::Action(action) => {
+            if let Some(hold) = &controls.run_hold {
+                controls::wait_for_release(hold);
+            }
             return match controls.backend {
                 Backend::Fake => Err(action::run(&action)),
                 Backend::Real => real::run(&action, &controls),
