@@ -797,3 +797,377 @@ fn a_full_cache_fails_the_pull_clearly_and_keeps_the_index_readable() {
     assert_eq!(sizes, [4194304, 65536]);
     assert_eq!(env.sifr(&["cache", "verify"], &[]).status.code(), Some(0));
 }
+
+/// Every JSON line the double wrote to its `APPTAINER_DOUBLE_ENV_LOG`.
+fn env_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn pulls_racing_a_looping_prune_all_print_paths_that_exist() {
+    let env = Env::new();
+    let images: Vec<String> = (0..12).map(|i| format!("race/image{i}:1")).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // `cache prune` with no limits: it only sweeps orphans and leftovers,
+    // over and over, while the pulls commit their blobs.
+    let pruner = {
+        let done = done.clone();
+        let mut cmd = env.command(&["cache", "prune"], &[]);
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = output_within(&mut cmd, PATIENCE);
+                assert!(out.status.success(), "prune: {}", stderr(&out));
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let children: Vec<_> = images
+        .iter()
+        .map(|image| {
+            env.command(&["pull", image], &[])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for mut child in children {
+        let out = Lines::of(child.stdout.take().unwrap());
+        let err = Lines::of(child.stderr.take().unwrap());
+        let status = wait_within(&mut child, PATIENCE);
+        assert_eq!(status.code(), Some(0), "{}", err.all().join("\n"));
+        let out = out.all();
+        assert_eq!(out.len(), 1, "{out:?}");
+        let path = PathBuf::from(&out[0]);
+        // Checked as soon as the pull is done, with the prune still going.
+        assert!(path.is_file(), "{} was printed but is gone", path.display());
+        paths.push(path);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = pruner.join().unwrap();
+    assert!(rounds >= 1);
+    for path in &paths {
+        assert!(path.is_file(), "{} was printed but is gone", path.display());
+    }
+    assert_eq!(entries(&env).len(), images.len());
+    assert_eq!(
+        pulls(&env.log).len(),
+        images.len(),
+        "one apptainer pull each: no blob was swept from under its pull"
+    );
+    assert_eq!(env.sifr(&["cache", "verify"], &[]).status.code(), Some(0));
+}
+
+#[test]
+fn cache_rm_waits_for_a_run_that_holds_the_image_then_removes_it() {
+    let env = Env::new();
+    let out = env.sifr(&["pull", "alpine:3.19"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sif = PathBuf::from(stdout(&out).trim());
+
+    // The run is held after sifr has checked the SIF, before apptainer
+    // opens it.
+    let hold = env.scratch.path().join("release-the-run");
+    let _release = TouchOnDrop(hold.clone());
+    let mut run = env
+        .command(
+            &["run", "alpine:3.19", "--", "true"],
+            &[("APPTAINER_DOUBLE_RUN_HOLD", hold.to_str().unwrap())],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_err = Lines::of(run.stderr.take().unwrap());
+    wait_until("apptainer run to start", PATIENCE, || {
+        common::double_log(&env.log).iter().any(|a| a[0] == "run")
+    });
+
+    let mut rm = env
+        .command(&["cache", "rm", "alpine:3.19"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rm_err = Lines::of(rm.stderr.take().unwrap());
+    let rm_out = Lines::of(rm.stdout.take().unwrap());
+    rm_err.wait_for(
+        "waiting for the sifr processes using docker.io/library/alpine:3.19",
+        PATIENCE,
+    );
+    assert!(sif.is_file(), "nothing removed while the run holds it");
+    assert_eq!(rm.try_wait().unwrap(), None, "rm waits for the run");
+
+    std::fs::write(&hold, "").unwrap();
+    let status = wait_within(&mut run, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", run_err.all().join("\n"));
+    let status = wait_within(&mut rm, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", rm_err.all().join("\n"));
+    assert!(
+        rm_out
+            .all()
+            .join("\n")
+            .contains("removed docker.io/library/alpine:3.19"),
+        "rm removed it once the run let go"
+    );
+    assert!(!sif.exists());
+    assert!(entries(&env).is_empty());
+}
+
+#[test]
+fn prune_keeps_an_image_a_run_holds() {
+    let env = Env::new();
+    let out = env.sifr(&["pull", "alpine:3.19"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sif = PathBuf::from(stdout(&out).trim());
+    let hold = env.scratch.path().join("release-the-run");
+    let _release = TouchOnDrop(hold.clone());
+    let mut run = env
+        .command(
+            &["run", "alpine:3.19", "--", "true"],
+            &[("APPTAINER_DOUBLE_RUN_HOLD", hold.to_str().unwrap())],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_err = Lines::of(run.stderr.take().unwrap());
+    wait_until("apptainer run to start", PATIENCE, || {
+        common::double_log(&env.log).iter().any(|a| a[0] == "run")
+    });
+    // Everything is over the size limit, but the held image is in use.
+    let out = output_within(
+        &mut env.command(&["cache", "prune", "--max-size", "1KiB"], &[]),
+        PATIENCE,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("kept (in use) docker.io/library/alpine:3.19"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(sif.is_file());
+    std::fs::write(&hold, "").unwrap();
+    let status = wait_within(&mut run, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", run_err.all().join("\n"));
+
+    let out = env.sifr(&["cache", "prune", "--max-size", "1KiB"], &[]);
+    assert!(
+        stdout(&out).contains("removed docker.io/library/alpine:3.19"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!sif.exists());
+}
+
+#[test]
+fn a_signal_during_a_pull_stops_apptainer_s_group_and_removes_its_file() {
+    for (signal, name, code) in [
+        (rustix::process::Signal::TERM, "TERM", 143),
+        (rustix::process::Signal::INT, "INT", 130),
+    ] {
+        let env = Env::new();
+        let reaper = Reaper(env.pid_file());
+        let _release = TouchOnDrop(env.hold());
+        let mut child = env
+            .command(
+                &["pull", "alpine:3.19"],
+                &[
+                    ("APPTAINER_DOUBLE_HOLD", env.hold().to_str().unwrap()),
+                    ("APPTAINER_DOUBLE_HELPER", "1"),
+                    (
+                        "APPTAINER_DOUBLE_PID_FILE",
+                        env.pid_file().to_str().unwrap(),
+                    ),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = Lines::of(child.stderr.take().unwrap());
+        wait_until("the pull to begin its file", PATIENCE, || {
+            !env.temp_pulls().is_empty()
+        });
+        // The pull's apptainer and its helper are running.
+        let pids = recorded_pids(&env.pid_file());
+        let running: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| process_running(pid))
+            .collect();
+        assert_eq!(running.len(), 2, "apptainer and its helper: {pids:?}");
+
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = wait_within(&mut child, PATIENCE);
+        let err = err.all().join("\n");
+        assert_eq!(status.code(), Some(code), "SIG{name}: {err}");
+        wait_until(
+            &format!("apptainer's group to be gone after SIG{name}"),
+            Duration::from_secs(30),
+            || running.iter().all(|&pid| !process_running(pid)),
+        );
+        assert_eq!(env.temp_pulls(), Vec::<String>::new(), "SIG{name}");
+        assert!(entries(&env).is_empty());
+        reaper.kill_all();
+    }
+}
+
+#[test]
+fn a_relative_cache_dir_that_looks_like_a_flag_is_made_absolute() {
+    let env = Env::new();
+    let out = env
+        .command(&["pull", "alpine:3.19"], &[("SIFR_CACHE_DIR", "-x")])
+        .current_dir(env.scratch.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = PathBuf::from(stdout(&out).trim());
+    assert!(
+        path.starts_with(env.scratch.path().join("-x/blobs/sha256")),
+        "{}",
+        path.display()
+    );
+    let pulls = pulls(&env.log);
+    assert!(
+        pulls[0][2].starts_with(&env.scratch.path().join("-x/tmp").display().to_string()),
+        "apptainer gets an absolute path: {:?}",
+        pulls[0]
+    );
+}
+
+#[test]
+fn waiting_for_another_pull_gives_up_at_the_pull_timeout_naming_the_image() {
+    let env = Env::new();
+    let _release = TouchOnDrop(env.hold());
+    let hold_file = env.hold();
+    let hold = [("APPTAINER_DOUBLE_HOLD", hold_file.to_str().unwrap())];
+    let mut first = env
+        .command(&["pull", "alpine:3.19"], &hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first pull to begin its file", PATIENCE, || {
+        !env.temp_pulls().is_empty()
+    });
+    // Not PATIENCE: without the limit, this waits until the hold goes.
+    let out = output_within(
+        &mut env.command(&["pull", "--pull-timeout", "1s", "alpine:3.19"], &[]),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(WAITING), "{err}");
+    assert!(
+        err.contains("gave up on docker.io/library/alpine:3.19")
+            && err.contains("after waiting 1s (the pull timeout)")
+            && err.contains("--pull-timeout"),
+        "{err}"
+    );
+    assert_eq!(pulls(&env.log).len(), 1, "the second never pulled");
+
+    env.release();
+    let status = wait_within(&mut first, PATIENCE);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_run_drops_the_host_s_container_env_keeps_site_binds_and_pulls_keep_their_settings() {
+    let env = Env::new();
+    let env_log = env.scratch.path().join("apptainer-env.log");
+    let site = env.scratch.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    let site = site.to_str().unwrap();
+    let cachedir = env.scratch.path().join("apptainer-cache");
+    let host = [
+        ("APPTAINER_DOUBLE_ENV_LOG", env_log.to_str().unwrap()),
+        ("APPTAINERENV_INJECTED", "from-host"),
+        ("SINGULARITYENV_INJECTED2", "from-host"),
+        ("APPTAINER_ENV_FILE", "/nonexistent/env"),
+        ("APPTAINER_BIND", site),
+        ("APPTAINER_BINDPATH", site),
+        ("SINGULARITY_BIND", site),
+        ("SINGULARITY_BINDPATH", site),
+        ("APPTAINER_CACHEDIR", cachedir.to_str().unwrap()),
+        ("APPTAINER_TMPDIR", cachedir.to_str().unwrap()),
+        ("APPTAINER_DOCKER_USERNAME", "alice"),
+        ("APPTAINER_DOCKER_PASSWORD", "s3cret"),
+    ];
+    let names = |line: &serde_json::Value| -> Vec<String> {
+        line["env"].as_object().unwrap().keys().cloned().collect()
+    };
+    let container_env = [
+        "APPTAINERENV_INJECTED",
+        "SINGULARITYENV_INJECTED2",
+        "APPTAINER_ENV_FILE",
+    ];
+    let binds = [
+        "APPTAINER_BIND",
+        "APPTAINER_BINDPATH",
+        "SINGULARITY_BIND",
+        "SINGULARITY_BINDPATH",
+    ];
+    let settings = [
+        "APPTAINER_CACHEDIR",
+        "APPTAINER_TMPDIR",
+        "APPTAINER_DOCKER_USERNAME",
+        "APPTAINER_DOCKER_PASSWORD",
+    ];
+
+    let out = env.sifr(&["run", "alpine:3.19", "--", "true"], &host);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = env_lines(&env_log);
+    let pull = names(log.iter().find(|l| l["argv"][0] == "pull").unwrap());
+    let run = names(log.iter().find(|l| l["argv"][0] == "run").unwrap());
+    for name in settings {
+        assert!(
+            pull.contains(&name.to_string()),
+            "the pull gets {name}: {pull:?}"
+        );
+    }
+    for name in container_env {
+        assert!(
+            !run.contains(&name.to_string()),
+            "the run does not get {name}: {run:?}"
+        );
+    }
+    for name in binds {
+        assert!(
+            run.contains(&name.to_string()),
+            "site binds reach the run: {name}: {run:?}"
+        );
+    }
+
+    // Asked for, the container env passes; asked to, the binds go.
+    std::fs::remove_file(&env_log).unwrap();
+    let out = env.sifr(
+        &[
+            "run",
+            "--keep-container-env",
+            "--no-env-binds",
+            "alpine:3.19",
+            "--",
+            "true",
+        ],
+        &host,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = env_lines(&env_log);
+    let run = names(log.iter().find(|l| l["argv"][0] == "run").unwrap());
+    for name in container_env {
+        assert!(run.contains(&name.to_string()), "{name}: {run:?}");
+    }
+    for name in binds {
+        assert!(!run.contains(&name.to_string()), "{name}: {run:?}");
+    }
+    assert!(run.contains(&"APPTAINER_CACHEDIR".to_string()), "{run:?}");
+}
