@@ -237,6 +237,39 @@ fn a_signal_reaches_what_the_front_passes_through() {
     assert_eq!(status.signal(), Some(15));
 }
 
+/// A taken-over action runs apptainer as the front's child: a signal sent
+/// to the front (scancel, an engine's timeout) reaches it, and the front
+/// dies of it as apptainer did.
+#[test]
+fn a_signal_reaches_a_taken_over_action_and_the_front_dies_of_it() {
+    let m = Machine::new();
+    let mut child = m
+        .apptainer(&["exec", "docker://example.test/a:1", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let front = child.id();
+    common::wait_until(
+        "apptainer (the double, become sleep) to run under the front",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(format!("/proc/{front}/task/{front}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next().map(str::to_string))
+                .is_some_and(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+        },
+    );
+    let pid = rustix::process::Pid::from_raw(front as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = common::wait_within(&mut child, Duration::from_secs(30));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+}
+
 #[test]
 fn pulls_with_name_in_two_workflow_directories_make_one_pull() {
     let m = Machine::new();
@@ -857,9 +890,14 @@ fn snakefile(image: &str) -> String {
 }
 
 fn run_snakemake(m: &Machine, workdir: &Path) -> Output {
+    run_snakemake_with(m, workdir, &["--cores", "2"])
+}
+
+fn run_snakemake_with(m: &Machine, workdir: &Path, args: &[&str]) -> Output {
     let venv_bin = snakemake().parent().unwrap().to_path_buf();
     let mut cmd = Command::new(snakemake());
-    cmd.args(["--cores", "2", "--sdm", "apptainer", "--snakefile"])
+    cmd.args(args)
+        .args(["--sdm", "apptainer", "--snakefile"])
         .arg(workdir.join("Snakefile"))
         .arg("--directory")
         .arg(workdir)
@@ -967,6 +1005,9 @@ struct Cluster {
 }
 
 const SLURM_CONF: &str = "/etc/slurm/slurm.conf";
+
+/// One cluster at a time: they share `/etc/slurm/slurm.conf`.
+static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn start() -> Self {
@@ -1113,6 +1154,7 @@ fn an_sbatch_array_through_the_front_makes_one_pull() {
     let origin = Registry::start(&fx, true);
     origin.push(&fx, "e2e/busybox:1");
     let m = real_machine(&fx, "");
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start();
     let image = format!("{}/e2e/busybox:1", origin.host());
     let out_dir = m.path().join("out");
@@ -1156,4 +1198,65 @@ fn an_sbatch_array_through_the_front_makes_one_pull() {
         .filter(|a| a[0] == "exec")
         .count();
     assert_eq!(execs, 8);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(sifr_e2e, sifr_snakemake, sifr_slurm)),
+    ignore = "Snakemake on Slurm: needs the end-to-end tools, Snakemake 9.27.1 with \
+              snakemake-executor-plugin-slurm (SIFR_SNAKEMAKE=VENV/bin/snakemake), slurm-wlm and \
+              munge, or SIFR_E2E=1"
+)]
+fn snakemake_s_slurm_executor_runs_its_jobs_through_the_front() {
+    let fx = Fixtures::new();
+    let origin = Registry::start(&fx, true);
+    origin.push(&fx, "e2e/busybox:1");
+    let m = real_machine(&fx, "");
+    std::fs::create_dir(m.path().join("home")).unwrap();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    let dir = m.path().join("flow");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("Snakefile"),
+        snakefile(&format!("{}/e2e/busybox:1", origin.host())),
+    )
+    .unwrap();
+    let out = run_snakemake_with(
+        &m,
+        &dir,
+        &[
+            "--executor",
+            "slurm",
+            "--jobs",
+            "2",
+            // Accounting is off: ask squeue, not sacct.
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--default-resources",
+            "slurm_partition=debug",
+            "mem_mb=100",
+            "runtime=5",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "snakemake:\n{}\n{}\nslurm:\n{}",
+        stdout(&out),
+        stderr(&out),
+        cluster.logs()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b.txt")).unwrap(),
+        "1\nbusybox for engines\n"
+    );
+    let logs = cluster.logs();
+    assert!(
+        logs.matches("_slurm_rpc_submit_batch_job").count() >= 2,
+        "each rule ran as a Slurm job:\n{logs}"
+    );
+    assert_eq!(pulls(&m.log).len(), 1);
 }
