@@ -226,17 +226,31 @@ impl Apptainer {
         cancelled: &dyn Fn() -> Option<i32>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), AttemptFailure> {
-        let mut child = Command::new(&self.path)
+        let mut command = Command::new(&self.path);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so a timeout stops its helpers too.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| AttemptFailure::Spawn {
-                error: e.to_string(),
-            })?;
+            .process_group(0);
+        // The SIF is written in the cache's shared temporary area: with a
+        // group's umask (002) anyone in the group could open it for writing
+        // while it is being pulled, and change what sifr then hashes and
+        // stores as yours. So the pull never makes group- or
+        // other-writable files.
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                use rustix::fs::Mode;
+                let old = rustix::process::umask(Mode::empty());
+                rustix::process::umask(old | Mode::from_raw_mode(0o022));
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| AttemptFailure::Spawn {
+            error: e.to_string(),
+        })?;
         let (tx, rx) = mpsc::channel::<String>();
         let readers: Vec<_> = [
             child

@@ -174,6 +174,10 @@ pub struct Config {
     pub pull_timeout: Option<Duration>,
     /// `[cache] dir`: the SIF cache (`$SIFR_CACHE_DIR` overrides it).
     pub cache_dir: Option<PathBuf>,
+    /// `[cache] trusted-owners`, as uids: whose records and blobs a shared
+    /// cache may use besides your own (see [`crate::cache::Trust`]). A later
+    /// layer's list replaces an earlier one's.
+    pub trusted_owners: Vec<u32>,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -187,6 +191,7 @@ impl Default for Config {
             apptainer: None,
             pull_timeout: None,
             cache_dir: None,
+            trusted_owners: Vec::new(),
             files: Vec::new(),
         }
     }
@@ -216,6 +221,7 @@ struct ApptainerToml {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct CacheToml {
     dir: Option<PathBuf>,
+    trusted_owners: Option<Vec<toml::Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -307,10 +313,20 @@ impl Config {
                     config.pull_timeout = Some(parsed);
                 }
             }
-            if let Some(cache) = file.cache
-                && let Some(d) = cache.dir
-            {
-                config.cache_dir = Some(dir.join(d));
+            if let Some(cache) = file.cache {
+                if let Some(d) = cache.dir {
+                    config.cache_dir = Some(dir.join(d));
+                }
+                if let Some(owners) = cache.trusted_owners {
+                    let mut uids = Vec::with_capacity(owners.len());
+                    for owner in owners {
+                        let span = owner.span();
+                        let uid = crate::cache::owner_uid(owner.get_ref())
+                            .map_err(|m| err(span, format!("trusted-owners: {m}")))?;
+                        uids.push(uid);
+                    }
+                    config.trusted_owners = uids;
+                }
             }
             if let Some(entries) = file.plugin {
                 let mut specs = Vec::with_capacity(entries.len());
@@ -615,6 +631,58 @@ mod tests {
         assert!(err.message.contains("unknown field `settngs`"), "{err}");
         let shown = err.to_string();
         assert!(shown.contains("c.toml:7:1"), "{shown}");
+    }
+
+    #[test]
+    fn trusted_owners_are_resolved_to_uids_and_checked_where_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "c.toml",
+            "[cache]\ndir = \"/shared/sifr\"\ntrusted-owners = [\"root\", \"4242\"]\n",
+        );
+        let config = Config::load(&ConfigSources::only(&path)).unwrap();
+        assert_eq!(config.trusted_owners, [0, 4242]);
+        assert_eq!(config.cache_dir, Some(PathBuf::from("/shared/sifr")));
+
+        let path = write(
+            dir.path(),
+            "c.toml",
+            "[cache]\ntrusted-owners = [\"root\",\n  \"no-such-user-sifr\"]\n",
+        );
+        let err = Config::load(&ConfigSources::only(&path)).unwrap_err();
+        assert_eq!(err.location, Some((3, 3)), "{err}");
+        assert!(
+            err.message.contains("no user named \"no-such-user-sifr\""),
+            "{err}"
+        );
+
+        let path = write(
+            dir.path(),
+            "c.toml",
+            "[cache]\ntrusted-owner = [\"root\"]\n",
+        );
+        let err = Config::load(&ConfigSources::only(&path)).unwrap_err();
+        assert_eq!(err.location, Some((2, 1)), "{err}");
+        assert!(
+            err.message.contains("unknown field `trusted-owner`"),
+            "{err}"
+        );
+
+        // A later layer's list replaces an earlier one's.
+        let site = write(
+            dir.path(),
+            "site.toml",
+            "[cache]\ntrusted-owners = [\"0\"]\n",
+        );
+        let user = write(dir.path(), "user.toml", "[cache]\ntrusted-owners = []\n");
+        let config = Config::load(&ConfigSources {
+            site: Some(site),
+            user: Some(user),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(config.trusted_owners.is_empty());
     }
 
     #[test]

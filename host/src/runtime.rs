@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::apptainer::{Apptainer, AttemptFailure, RunMode, RunOptions};
-use crate::cache::{Cache, Entry, Identity, ImageLock, LockMode, Lookup, Wait, unix_now};
+use crate::cache::{
+    Cache, Entry, Identity, ImageLock, LockMode, Lookup, Untrusted, VerifiedBlob, Wait, unix_now,
+};
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::{Context, Policy, PolicyOptions, Purpose, Resolution};
@@ -66,6 +68,9 @@ pub struct Pulled {
     pub entry: Entry,
     #[serde(skip)]
     hold: Option<Arc<ImageLock>>,
+    /// The SIF that was checked, held open: what apptainer will run.
+    #[serde(skip)]
+    blob: Option<VerifiedBlob>,
 }
 
 impl Pulled {
@@ -155,7 +160,8 @@ impl Runtime {
                 )
             })?;
         let cache = Cache::open(&root)
-            .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?;
+            .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?
+            .trusting(&config.trusted_owners);
         let policy_options = PolicyOptions {
             compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
         };
@@ -298,7 +304,9 @@ impl Runtime {
         // blocked it since.
         let plan = self.policy.resolve(image, &ctx).into_plan()?;
         match first {
-            Some((Lookup::Hit { entry, .. }, hold)) => return Ok(self.hit(image, entry, hold)),
+            Some((Lookup::Hit { entry, blob, .. }, hold)) => {
+                return Ok(self.hit(image, entry, blob, hold));
+            }
             // Corrupt: evicted below, under the exclusive lock.
             Some((_, hold)) => drop(hold),
             None => {}
@@ -320,14 +328,15 @@ impl Runtime {
                 .lookup_held(&identity, &hold, &mut hashing)
                 .map_err(cache_err)?
             {
-                Lookup::Hit { entry, .. } => {
+                Lookup::Hit { entry, blob, .. } => {
                     return Ok(Pulled {
                         hold: Some(Arc::new(hold)),
                         entry,
+                        blob: Some(blob),
                         ..pulled
                     });
                 }
-                Lookup::Corrupt { .. } | Lookup::Miss => {}
+                Lookup::Corrupt { .. } | Lookup::Untrusted(_) | Lookup::Miss => {}
             }
         }
         Err(Error::io(
@@ -365,6 +374,7 @@ impl Runtime {
         {
             Lookup::Hit { entry, .. } => return Ok(self.unheld(image, entry, true)),
             Lookup::Corrupt { entry, actual } => warn_corrupt(&entry, &actual, progress),
+            Lookup::Untrusted(untrusted) => warn_untrusted(image, &untrusted, progress),
             Lookup::Miss => {}
         }
 
@@ -455,9 +465,10 @@ impl Runtime {
         }
     }
 
-    fn hit(&self, image: &ImageRef, entry: Entry, hold: ImageLock) -> Pulled {
+    fn hit(&self, image: &ImageRef, entry: Entry, blob: VerifiedBlob, hold: ImageLock) -> Pulled {
         Pulled {
             hold: Some(Arc::new(hold)),
+            blob: Some(blob),
             ..self.unheld(image, entry, true)
         }
     }
@@ -469,6 +480,7 @@ impl Runtime {
             cached,
             entry,
             hold: None,
+            blob: None,
         }
     }
 
@@ -497,11 +509,27 @@ impl Runtime {
         args: &[String],
     ) -> Result<i32, Error> {
         let apptainer = self.apptainer()?;
-        let _retaken = match &pulled.hold {
-            Some(_) => None,
-            None => Some(self.retake(pulled)?),
+        let (_retaken, blob) = match (&pulled.hold, &pulled.blob) {
+            (Some(_), Some(blob)) => (None, blob.clone()),
+            _ => {
+                let (hold, blob) = self.retake(pulled)?;
+                (Some(hold), blob)
+            }
         };
-        let argv = Apptainer::run_args(mode, &pulled.path, options, args);
+        // Not `pulled.path`: apptainer opens what it is given later, by
+        // path, and in a shared cache that path could name another file by
+        // then. This names the file that was checked (see Cache::runnable).
+        let sif = self.cache.runnable(&blob).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot run {} from the cache at {}",
+                    pulled.image,
+                    self.cache.root().display()
+                ),
+                e,
+            )
+        })?;
+        let argv = Apptainer::run_args(mode, sif.path(), options, args);
         apptainer
             .run(&argv, &options.host_env)
             .map_err(|e| Error::io(format!("running {}", apptainer.path.display()), e))
@@ -509,7 +537,7 @@ impl Runtime {
 
     /// Hold a released [`Pulled`] again, and check that the cache still has
     /// the same file for it.
-    fn retake(&self, pulled: &Pulled) -> Result<ImageLock, Error> {
+    fn retake(&self, pulled: &Pulled) -> Result<(ImageLock, VerifiedBlob), Error> {
         let identity = Identity::from_text(pulled.entry.identity.clone());
         let hold = self.hold(&identity, LockMode::Shared, &mut |_| {})?;
         match self
@@ -517,7 +545,9 @@ impl Runtime {
             .lookup_held(&identity, &hold, &mut ())
             .map_err(|e| cache_error(self.cache.root(), e))?
         {
-            Lookup::Hit { entry, .. } if entry.sif_digest == pulled.entry.sif_digest => Ok(hold),
+            Lookup::Hit { entry, blob, .. } if entry.sif_digest == pulled.entry.sif_digest => {
+                Ok((hold, blob))
+            }
             _ => Err(Error::io(
                 format!(
                     "{} ({}) is no longer in the cache at {}; pull it again",
@@ -578,6 +608,16 @@ fn ran_out_of_space_in(root: &Path, failure: &AttemptFailure) -> bool {
         (lower.contains("no space left on device") || lower.contains("disk quota exceeded"))
             && line.contains(&root)
     })
+}
+
+/// A record or blob nobody you trust wrote: say whose, and what to do.
+fn warn_untrusted(image: &ImageRef, untrusted: &Untrusted, progress: &mut dyn FnMut(Progress<'_>)) {
+    let message = format!(
+        "not using the cached {image}: {untrusted}; pulling it again into a file of your own \
+         ({})",
+        untrusted.advice()
+    );
+    progress(Progress::Warning { message: &message });
 }
 
 fn warn_corrupt(entry: &Entry, actual: &str, progress: &mut dyn FnMut(Progress<'_>)) {

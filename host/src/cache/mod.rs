@@ -28,8 +28,10 @@
 //! only once they are older than [`ORPHAN_GRACE`]: a pull renames its blob
 //! into place a moment before it writes the record.
 
+mod handoff;
 mod hash;
 mod lock;
+mod trust;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -40,8 +42,10 @@ use cap_std::fs::{Dir, OpenOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use handoff::{RunnableSif, VerifiedBlob};
 pub use hash::{HashProgress, sha256_file};
 pub use lock::{ImageLock, LockMode, Wait};
+pub use trust::{Distrust, Trust, Untrusted, owner_name, owner_uid};
 
 use crate::reference::{ImageRef, SifDigest};
 
@@ -170,20 +174,30 @@ fn index_name(key: &str) -> String {
 
 /// What a lookup found.
 pub enum Lookup {
-    /// Cached, and the stamp (or a re-hash) says the file is intact.
-    Hit { entry: Entry, rehashed: bool },
+    /// Cached, and the stamp (or a re-hash) says the file is intact. `blob`
+    /// is the checked file, held open (see [`Cache::runnable`]).
+    Hit {
+        entry: Entry,
+        rehashed: bool,
+        blob: VerifiedBlob,
+    },
     /// Not cached.
     Miss,
     /// Was cached, but the file changed and no longer matches its digest.
     /// Under an exclusive lock it has been evicted; under a shared one it is
     /// left for a holder of the exclusive lock to evict.
     Corrupt { entry: Entry, actual: String },
+    /// The record, or the blob it names, may have been written by someone
+    /// you do not trust (see [`Trust`]). It was ignored and left in place:
+    /// a pull writes a record and a blob of your own.
+    Untrusted(Untrusted),
 }
 
 /// A SIF cache rooted at one directory.
 pub struct Cache {
     root: PathBuf,
     dir: Dir,
+    trust: Trust,
 }
 
 /// What [`Cache::prune`] did.
@@ -215,7 +229,31 @@ impl Cache {
         for sub in ["blobs/sha256", "index", "locks", "tmp"] {
             dir.create_dir_all(sub)?;
         }
-        Ok(Self { root, dir })
+        Ok(Self {
+            root,
+            dir,
+            trust: Trust::default(),
+        })
+    }
+
+    /// Use the records and blobs of these owners too, not only your own
+    /// (the config's `[cache] trusted-owners`, as uids). See [`Trust`].
+    pub fn trusting(mut self, trusted_owners: &[u32]) -> Self {
+        self.trust = Trust::new(trusted_owners);
+        self
+    }
+
+    /// Whose records and blobs this cache uses.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// A path for apptainer that names `blob`, the file that was checked,
+    /// and that nobody outside [`Cache::trust`] can swap before apptainer
+    /// opens it (see the `handoff` module for how, and why not
+    /// `/proc/self/fd/N`). Keep it until apptainer has exited.
+    pub fn runnable(&self, blob: &VerifiedBlob) -> io::Result<RunnableSif> {
+        handoff::runnable(&self.root, &self.dir, &self.trust, blob)
     }
 
     pub fn root(&self) -> &Path {
@@ -273,20 +311,54 @@ impl Cache {
             if self.dir.metadata(entry.blob_name()).is_ok())
     }
 
-    /// An index record, or `None` when there is none or it does not parse.
-    /// A record may have been written by someone else (a shared cache), so
-    /// its digest must be one, and its free text is escaped before anything
-    /// can print it.
+    /// An index record, or `None` when there is none or it does not parse,
+    /// whoever wrote it (listings and eviction; a lookup uses only the
+    /// records [`Cache::read_trusted_entry`] gives). A record may have been
+    /// written by someone else (a shared cache), so its digest must be one,
+    /// and its free text is escaped before anything can print it.
     fn read_entry(&self, key: &str) -> io::Result<Option<Entry>> {
-        match self.dir.read(index_name(key)) {
-            Ok(bytes) => Ok(serde_json::from_slice::<Entry>(&bytes)
-                .ok()
-                .filter(|e| {
-                    e.sif_digest
-                        .strip_prefix("sha256:")
-                        .is_some_and(|hex| crate::reference::SifDigest::from_hex(hex).is_ok())
-                })
-                .map(Entry::escaped)),
+        match self.open_record(key) {
+            Ok(Some((file, meta))) => Ok(parse_record(file, &meta)),
+            Ok(None) => Ok(None),
+            Err(e) if trust::is_symlink_error(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The record for `key` if you trust it (see [`Trust`]): checked on the
+    /// descriptor it is then read from.
+    fn read_trusted_entry(&self, key: &str) -> io::Result<Result<Option<Entry>, Untrusted>> {
+        let untrusted = |why| Untrusted {
+            path: self.root.join(index_name(key)),
+            why,
+        };
+        let (file, meta) = match self.open_record(key) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) if trust::is_symlink_error(&e) => return Ok(Err(untrusted(Distrust::NotAFile))),
+            Err(e) => return Err(e),
+        };
+        if let Err(why) = self.trust.check_file(&meta) {
+            return Ok(Err(untrusted(why)));
+        }
+        Ok(Ok(parse_record(file, &meta)))
+    }
+
+    /// `index/<key>.json`, opened without following a symlink.
+    fn open_record(&self, key: &str) -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+        let index = self.dir.open_dir("index")?;
+        match trust::open_no_follow(&index, &format!("{key}.json")) {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `entry`'s blob, opened without following a symlink, if it is there.
+    fn open_blob(&self, entry: &Entry) -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+        let blobs = self.dir.open_dir("blobs/sha256")?;
+        match trust::open_no_follow(&blobs, &format!("{}.sif", entry.blob_hex())) {
+            Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -297,7 +369,10 @@ impl Cache {
         // A leading dot: `sweep` leaves these alone unless they are stale,
         // since index writes happen outside the pull lock.
         let tmp = format!("tmp/.{key}.json.{}-{}", std::process::id(), next_seq());
-        let mut file = self.dir.create(&tmp)?;
+        let mut file = self.dir.create(&tmp)?.into_std();
+        // Writable by you alone, whatever the umask: a record others could
+        // write is one a shared cache does not trust.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         file.write_all(&bytes)?;
         file.sync_all()?;
         self.dir.rename(&tmp, &self.dir, index_name(key))
@@ -328,9 +403,14 @@ impl Cache {
     }
 
     /// Look `identity` up while holding its lock. A hit whose stamp is
-    /// unchanged costs two small reads and an fstat; a changed stamp costs a
-    /// re-hash. Under an exclusive lock, a mismatch evicts the entry, and a
+    /// unchanged costs two small reads and two fstats; a changed stamp costs
+    /// a re-hash. Under an exclusive lock, a mismatch evicts the entry, and a
     /// record whose blob is gone is removed.
+    ///
+    /// The record and the blob must each pass [`Trust`], checked on the
+    /// descriptor that is then read (the stamp says nothing about who wrote
+    /// the file: whoever writes a record writes its stamp). What fails is
+    /// [`Lookup::Untrusted`], and is left alone.
     pub fn lookup_held(
         &self,
         identity: &Identity,
@@ -339,34 +419,55 @@ impl Cache {
     ) -> io::Result<Lookup> {
         debug_assert_eq!(hold.key(), identity.key);
         let exclusive = hold.mode() == LockMode::Exclusive;
-        let Some(entry) = self.read_entry(&identity.key)? else {
-            return Ok(Lookup::Miss);
+        let entry = match self.read_trusted_entry(&identity.key)? {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(Lookup::Miss),
+            Err(untrusted) => return Ok(Lookup::Untrusted(untrusted)),
         };
         let name = entry.blob_name();
-        let stamp = match self.stamp(&name) {
-            Ok(stamp) => stamp,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let untrusted_blob = |why| {
+            Lookup::Untrusted(Untrusted {
+                path: self.root.join(&name),
+                why,
+            })
+        };
+        let (file, meta) = match self.open_blob(&entry) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
                 if exclusive {
                     let _ = self.dir.remove_file(index_name(&identity.key));
                 }
                 return Ok(Lookup::Miss);
             }
+            Err(e) if trust::is_symlink_error(&e) => return Ok(untrusted_blob(Distrust::NotAFile)),
             Err(e) => return Err(e),
+        };
+        if let Err(why) = self.trust.check_file(&meta) {
+            return Ok(untrusted_blob(why));
+        }
+        let stamp = Stamp::of(&meta);
+        let blob = VerifiedBlob {
+            file: std::sync::Arc::new(file),
+            name: name.clone(),
         };
         if stamp == entry.stamp {
             return Ok(Lookup::Hit {
                 entry,
                 rehashed: false,
+                blob,
             });
         }
-        let file = self.dir.open(&name)?.into_std();
-        let actual = sha256_file(file, stamp.size, progress)?;
+        // Hash what was checked: the descriptor, from its start.
+        let reader = blob.file.try_clone()?;
+        std::io::Seek::rewind(&mut &*blob.file)?;
+        let actual = sha256_file(reader, stamp.size, progress)?;
         if actual == entry.blob_hex() {
             let entry = Entry { stamp, ..entry };
             self.write_entry(&identity.key, &entry)?;
             return Ok(Lookup::Hit {
                 entry,
                 rehashed: true,
+                blob,
             });
         }
         if exclusive {
@@ -429,20 +530,34 @@ impl Cache {
         mut entry: Entry,
         progress: &mut dyn HashProgress,
     ) -> io::Result<Entry> {
-        let file = self.dir.open(tmp_name)?.into_std();
-        let size = file.metadata()?.len();
-        let hex = sha256_file(file, size, progress)?;
+        use std::os::unix::fs::MetadataExt;
+        let (dir, file_name) = tmp_name.rsplit_once('/').unwrap_or(("", tmp_name));
+        let (file, meta) = trust::open_no_follow(&self.dir.open_dir(dir)?, file_name)?;
+        // The pull is ours: a file someone else put in its place (the temp
+        // area is shared) is not stored as ours.
+        if !meta.is_file() || meta.uid() != self.trust.me() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the pulled file {} was replaced by {}'s before sifr could store it;                      pull again, and see \"Sharing a cache\" in sifr's README",
+                    self.root.join(tmp_name).display(),
+                    owner_name(meta.uid())
+                ),
+            ));
+        }
+        // Read-only, so that nobody edits a cached image in place by
+        // accident, and changed before hashing, on the descriptor.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+        let size = meta.len();
+        let hex = sha256_file(file.try_clone()?, size, progress)?;
         let name = blob_name(&hex);
-        // Read-only, so that nobody edits a cached image in place by accident.
-        use std::os::unix::fs::PermissionsExt;
-        self.dir.set_permissions(
-            tmp_name,
-            cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(0o444)),
-        )?;
         self.dir.rename(tmp_name, &self.dir, &name)?;
         entry.sif_digest = format!("sha256:{hex}");
         entry.size = size;
-        entry.stamp = self.stamp(&name)?;
+        // The stamp of the hashed file (the rename may change its ctime);
+        // if anyone swapped the path meanwhile, its inode differs, and a
+        // lookup sees it.
+        entry.stamp = Stamp::of(&file.metadata()?);
         self.write_entry(&identity.key, &entry)?;
         Ok(entry)
     }
@@ -678,6 +793,26 @@ impl Cache {
         }
         Ok(bad)
     }
+}
+
+/// The record in `file`, if it is one: a regular file of at most 1 MiB that
+/// parses and names a SIF digest. Its free text is escaped.
+fn parse_record(file: std::fs::File, meta: &std::fs::Metadata) -> Option<Entry> {
+    use std::io::Read;
+    const MAX_RECORD: u64 = 1 << 20;
+    if !meta.is_file() || meta.len() > MAX_RECORD {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice::<Entry>(&bytes)
+        .ok()
+        .filter(|e| {
+            e.sif_digest
+                .strip_prefix("sha256:")
+                .is_some_and(|hex| crate::reference::SifDigest::from_hex(hex).is_ok())
+        })
+        .map(Entry::escaped)
 }
 
 /// Distinguishes temporary files of one process's threads.
