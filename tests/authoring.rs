@@ -99,7 +99,7 @@ fn the_template_s_contract_is_the_repository_s() {
     // `wit` in the template is a link, so a copy made with `cp -rL` carries
     // the same contract the host implements.
     let link = std::fs::read_link(repo().join("plugins/template/wit")).unwrap();
-    assert_eq!(link, Path::new("../../wit"));
+    assert_eq!(link, Path::new("../../wit/v0.1.0"));
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn the_python_plugin_builds_with_componentize_py_and_passes_plugin_check() {
     let wasm = scratch.path().join("biocontainers.wasm");
     let out = Command::new("componentize-py")
         .arg("-d")
-        .arg(repo().join("wit"))
+        .arg(repo().join("wit/v0.1.0"))
         .args(["-w", "plugin", "componentize", "app", "-o"])
         .arg(&wasm)
         .current_dir(&source)

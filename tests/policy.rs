@@ -2,6 +2,7 @@
 //! chain order, settings and the compiled-plugin cache.
 
 mod common;
+mod components;
 
 use common::{Scratch, entry, plugin_wasm, sha256_hex};
 use sifr::policy::{ArtifactOrigin, CompileCache};
@@ -237,6 +238,45 @@ fn a_plugin_that_unpins_a_pinned_image_fails_by_name() {
     );
     // An image that was not pinned may be pulled by tag.
     assert_eq!(uris(&policy, "ubuntu:22.04"), ["docker://ubuntu:22.04"]);
+}
+
+/// A plugin built for contract 0.1.0 and frozen in the repository: it must
+/// keep loading, through the version seam, whatever versions sifr adds.
+#[test]
+fn a_plugin_built_for_0_1_0_keeps_loading() {
+    let scratch = Scratch::new();
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/plugins/default-v0.1.0.wasm");
+    let policy = load(&scratch, &entry("frozen", &wasm, "")).unwrap();
+    assert_eq!(policy.plugins()[0].api_version, "0.1.0");
+    assert_eq!(
+        uris(&policy, &format!("ubuntu:22.04@{DIGEST}")),
+        [format!("docker://ubuntu@{DIGEST}")]
+    );
+    assert!(sifr::policy::api_versions().contains(&semver::Version::new(0, 1, 0)));
+}
+
+#[test]
+fn contract_versions_are_accepted_by_semver_rules() {
+    let scratch = Scratch::new();
+    // A later patch of 0.1 is served by the 0.1 bindings.
+    let patch = components::exporting_version(scratch.path(), "0.1.3");
+    let policy = load(&scratch, &entry("patched", &patch, "")).unwrap();
+    assert_eq!(policy.plugins()[0].api_version, "0.1.3");
+    // A version this sifr does not speak is refused at load, by name.
+    for version in ["0.2.0", "1.0.0"] {
+        let wasm = components::exporting_version(scratch.path(), version);
+        let err = load(&scratch, &entry("future", &wasm, "")).unwrap_err();
+        assert!(
+            matches!(err, Error::PluginLoad(PluginLoadError::WrongContract { .. })),
+            "{version}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("it was built for sifr:policy/policy@{version}, and this sifr speaks 0.1.0")),
+            "{err}"
+        );
+    }
 }
 
 /// The `.cwasm` artifact of `plugin` in `cache`.

@@ -14,7 +14,7 @@ Settings (the `[plugin.settings]` table, as JSON):
 
 Built with componentize-py against the same WIT as the Rust plugins:
 
-    componentize-py -d ../../wit -w plugin componentize app -o biocontainers.wasm
+    componentize-py -d ../../wit/v0.1.0 -w plugin componentize app -o biocontainers.wasm
 """
 
 import json

@@ -3,11 +3,13 @@
 //! terminal escapes. Each is a real `sifr:policy@0.1.0` component (made by
 //! wit-component from a core module and the repository's WIT), so sifr
 //! loads it as it would a plugin from a site's disk.
+// Each test binary that includes this uses some of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 /// The contract, as plugins build against it.
-const POLICY_WIT: &str = include_str!("../../wit/policy.wit");
+const POLICY_WIT: &str = include_str!("../../wit/v0.1.0/policy.wit");
 
 /// The two WASI interfaces a blocking start function needs: just the
 /// functions it calls, which the host's full interfaces satisfy.
@@ -52,8 +54,12 @@ fn module(configure_body: &str, extra: &str) -> String {
 /// Encode `wat` as a component of `world` (in `world_wit`, which may
 /// include the WASI packages above).
 fn component(wat: &str, world_wit: &str) -> Vec<u8> {
+    component_with(POLICY_WIT, wat, world_wit)
+}
+
+fn component_with(policy_wit: &str, wat: &str, world_wit: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
-    resolve.push_str("policy.wit", POLICY_WIT).unwrap();
+    resolve.push_str("policy.wit", policy_wit).unwrap();
     resolve.push_str("io.wit", WASI_IO).unwrap();
     resolve.push_str("clocks.wit", WASI_CLOCKS).unwrap();
     let package = resolve.push_str("test.wit", world_wit).unwrap();
@@ -130,6 +136,21 @@ world test {
 }";
     let wasm = component(&module("", extra), world);
     write(dir, "blocking-start.wasm", &wasm)
+}
+
+/// A policy plugin that exports the contract as version `version` (the
+/// 0.1.0 WIT, renumbered): `configure` accepts anything, `decide` traps.
+pub fn exporting_version(dir: &Path, version: &str) -> PathBuf {
+    let wit = POLICY_WIT.replace("sifr:policy@0.1.0", &format!("sifr:policy@{version}"));
+    let wat = module("", "").replace(
+        "sifr:policy/policy@0.1.0#",
+        &format!("sifr:policy/policy@{version}#"),
+    );
+    let world = format!(
+        "package test:hostile;\nworld test {{ export sifr:policy/policy@{version}; }}"
+    );
+    let wasm = component_with(&wit, &wat, &world);
+    write(dir, &format!("policy-{version}.wasm"), &wasm)
 }
 
 /// Terminal escapes and bidi controls, as the tests look for them.

@@ -1,7 +1,8 @@
 //! Policy: the chain of sandboxed WebAssembly plugins that decides how an
 //! image is pulled.
 //!
-//! - [`bindings`]: the WIT contract, one module per contract version.
+//! - [`wit`]: the WIT contract, one module per contract version, and the
+//!   dispatch between them.
 //! - [`sandbox`]: the one place where the wasmtime engine is configured, and
 //!   the per-call store with its limits.
 //! - [`plugin`]: loading, pinning and calling one plugin.
@@ -9,12 +10,12 @@
 //! - [`validate`]: what a plugin returns, checked before the host uses it.
 //! - [`chain`]: running the plugins in order.
 
-mod bindings;
 mod chain;
 mod compile_cache;
 mod plugin;
 mod sandbox;
 mod validate;
+mod wit;
 
 use serde::Serialize;
 
@@ -25,8 +26,13 @@ pub use compile_cache::CompileCache;
 pub use plugin::{ArtifactOrigin, LoadedPlugin, builtin_names};
 pub use sandbox::{LogLevel, LogLine};
 
-/// The version of the WIT contract this host implements.
+/// The newest version of the WIT contract this host implements.
 pub const API_VERSION: &str = "0.1.0";
+
+/// Every version of the WIT contract this host loads plugins for.
+pub fn api_versions() -> Vec<semver::Version> {
+    wit::supported()
+}
 
 /// Why the host is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

@@ -7,18 +7,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
-use super::bindings::v0_1_0;
 use super::compile_cache::CompileCache;
 use super::sandbox::{Deadline, HostState, LogLine, Sandbox, arm_deadline, run_with_deadline};
 use super::validate::{self, Verdict};
+use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
 use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
 use crate::error::{FailureKind, PluginFailure, PluginLoadError};
 use crate::reference::ImageRef;
 use crate::untrusted;
-
-/// The interface every plugin exports, without its version.
-const POLICY_INTERFACE: &str = "sifr:policy/policy";
 
 /// The plugins embedded in the binary: `builtin = "<name>"`.
 const BUILTINS: &[(&str, &[u8])] = &[
@@ -77,7 +74,7 @@ pub struct LoadedPlugin {
     /// The limits its calls run under: the site's for a site-locked plugin.
     pub limits: SandboxLimits,
     settings_json: String,
-    pre: v0_1_0::PluginPre<HostState>,
+    pre: PluginPre,
     sandbox: Arc<Sandbox>,
 }
 
@@ -168,7 +165,8 @@ impl LoadedPlugin {
                 chain_text(&e)
             ))
         })?;
-        let pre = v0_1_0::PluginPre::new(instance_pre)
+        let version = semver::Version::parse(&api_version).expect("checked by version_of");
+        let pre = PluginPre::new(&version, instance_pre)
             .map_err(|e| wrong(format!("its exports do not match: {}", chain_text(&e))))?;
         let plugin = Self {
             name: name.clone(),
@@ -220,27 +218,8 @@ impl LoadedPlugin {
         ctx: &Context,
         plan: &[Source],
     ) -> CallReport<Verdict> {
-        let image_w = v0_1_0::sifr::policy::types::ImageRef {
-            registry: image.registry.clone(),
-            repository: image.repository.clone(),
-            tag: image.tag.clone(),
-            manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
-        };
-        let ctx_w = v0_1_0::sifr::policy::types::Context {
-            purpose: match ctx.purpose {
-                super::Purpose::Pull => v0_1_0::sifr::policy::types::Purpose::Pull,
-                super::Purpose::Run => v0_1_0::sifr::policy::types::Purpose::Run,
-            },
-            arch: ctx.arch.clone(),
-            local_sif_digest: ctx.local_sif_digest.as_ref().map(|d| d.to_string()),
-            short_name: image.short_name.clone(),
-        };
-        let plan_w: Vec<_> = plan.iter().map(validate::to_wit).collect();
         let report = self.call("decide", async |store, plugin| {
-            plugin
-                .sifr_policy_policy()
-                .call_decide(store, &image_w, &ctx_w, &plan_w)
-                .await
+            plugin.decide(store, image, ctx, plan).await
         });
         CallReport {
             result: report.result.and_then(|decision| {
@@ -268,16 +247,13 @@ impl LoadedPlugin {
     fn call<T>(
         &self,
         function: &'static str,
-        f: impl AsyncFnOnce(&mut Store<HostState>, &v0_1_0::Plugin) -> wasmtime::Result<T>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<T>,
     ) -> CallReport<T> {
         let limits = &self.limits;
         let mut store = self.sandbox.store(limits);
         let configured = run_with_deadline(limits.timeout, async {
-            let plugin = self.pre.instantiate_async(&mut store).await?;
-            let configured = plugin
-                .sifr_policy_policy()
-                .call_configure(&mut store, &self.settings_json)
-                .await?;
+            let plugin = self.pre.instantiate(&mut store).await?;
+            let configured = plugin.configure(&mut store, &self.settings_json).await?;
             Ok(configured.map(|()| plugin))
         });
         let result = match configured {
@@ -356,30 +332,7 @@ fn policy_export_version(sandbox: &Sandbox, component: &Component) -> Result<Str
         .map(|(name, _)| untrusted::escape(name, 256))
         .take(32)
         .collect();
-    for export in &exports {
-        if let Some(version) = export
-            .strip_prefix(POLICY_INTERFACE)
-            .and_then(|rest| rest.strip_prefix('@'))
-        {
-            return if version.starts_with("0.1.") {
-                Ok(version.to_string())
-            } else {
-                Err(format!(
-                    "it was built for {POLICY_INTERFACE}@{version}, and this sifr speaks {}",
-                    super::API_VERSION
-                ))
-            };
-        }
-    }
-    Err(format!(
-        "it does not export {POLICY_INTERFACE}@{} (it exports: {})",
-        super::API_VERSION,
-        if exports.is_empty() {
-            "nothing".to_string()
-        } else {
-            exports.join(", ")
-        }
-    ))
+    wit::version_of(&exports).map(|v| v.to_string())
 }
 
 /// An error and its causes on one line, escaped: a parser error quotes

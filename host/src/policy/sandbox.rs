@@ -29,7 +29,6 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::v0_1_0;
 use crate::config::SandboxLimits;
 use crate::error::FailureKind;
 use crate::untrusted;
@@ -112,10 +111,7 @@ impl Sandbox {
         // The async WASI host: a clock wait or a poll is then a future that
         // the call's deadline can drop (see `run_with_deadline`).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |state: &mut HostState| state,
-        )?;
+        super::wit::add_to_linker(&mut linker)?;
         spawn_ticker(&engine);
         Ok(Arc::new(Self { engine, linker }))
     }
@@ -225,6 +221,18 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
+    /// A line from the plugin's `log` import, whatever its contract version.
+    pub(crate) fn log_line(&mut self, level: LogLevel, message: &str) {
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.dropped_logs += 1;
+            return;
+        }
+        self.logs.push(LogLine {
+            level,
+            message: untrusted::escape(message, MAX_LOG_LINE),
+        });
+    }
+
     /// The log lines of this call, with stdout and stderr folded in. They
     /// share one cap: a plugin cannot print past it on another channel.
     pub(crate) fn take_logs(&mut self) -> Vec<LogLine> {
@@ -339,30 +347,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-/// The types interface has no functions; the host only has to name it.
-impl v0_1_0::sifr::policy::types::Host for HostState {}
-
-impl v0_1_0::sifr::policy::host::Host for HostState {
-    fn log(&mut self, level: v0_1_0::sifr::policy::host::Level, message: String) {
-        use v0_1_0::sifr::policy::host::Level;
-        if self.logs.len() >= MAX_LOG_LINES {
-            self.dropped_logs += 1;
-            return;
-        }
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        self.logs.push(LogLine {
-            level,
-            message: untrusted::escape(&message, MAX_LOG_LINE),
-        });
     }
 }
 

@@ -5,7 +5,7 @@
 //! argv as a flag, or carry whitespace or shell metacharacters. Sizes are
 //! capped so that a plugin cannot flood the terminal or the cache index.
 
-use super::bindings::v0_1_0::sifr::policy::types as wit;
+use super::wit::{RawDecision, RawPullRef, RawSource};
 use super::{PullRef, Source};
 use crate::reference::ImageRef;
 use crate::reference::{
@@ -28,9 +28,9 @@ pub(crate) enum Verdict {
 }
 
 /// `decision`, checked: for `image`, which a plan must honour.
-pub(crate) fn decision(decision: wit::Decision, image: &ImageRef) -> Result<Verdict, String> {
+pub(crate) fn decision(decision: RawDecision, image: &ImageRef) -> Result<Verdict, String> {
     match decision {
-        wit::Decision::Deny(reason) => {
+        RawDecision::Deny(reason) => {
             if reason.len() > MAX_REASON {
                 return Err(format!(
                     "a denial reason of {} bytes (at most {MAX_REASON})",
@@ -42,7 +42,7 @@ pub(crate) fn decision(decision: wit::Decision, image: &ImageRef) -> Result<Verd
             }
             Ok(Verdict::Deny(untrusted::escape(&reason, MAX_REASON)))
         }
-        wit::Decision::Plan(sources) => {
+        RawDecision::Plan(sources) => {
             if sources.is_empty() {
                 return Err("an empty plan; deny the image instead, with a reason".to_string());
             }
@@ -83,7 +83,7 @@ fn honours_pin(sources: &[Source], image: &ImageRef) -> Result<(), String> {
     Ok(())
 }
 
-fn source(s: wit::Source) -> Result<Source, String> {
+fn source(s: RawSource) -> Result<Source, String> {
     validate_registry(&s.registry).map_err(|e| e.to_string())?;
     validate_repository(&s.repository)
         .map_err(|e| format!("repository {:?}: {e}", s.repository))?;
@@ -91,11 +91,11 @@ fn source(s: wit::Source) -> Result<Source, String> {
         return Err("the name is longer than 255 characters".to_string());
     }
     let reference = match s.reference {
-        wit::PullRef::Tag(tag) => {
+        RawPullRef::Tag(tag) => {
             validate_tag(&tag).map_err(|e| e.to_string())?;
             PullRef::Tag(tag)
         }
-        wit::PullRef::Digest(digest) => {
+        RawPullRef::Digest(digest) => {
             PullRef::Digest(ManifestDigest::parse(&digest).map_err(|e| e.to_string())?)
         }
     };
@@ -115,25 +115,11 @@ fn source(s: wit::Source) -> Result<Source, String> {
     })
 }
 
-/// A validated source, as the next plugin receives it.
-pub(crate) fn to_wit(s: &Source) -> wit::Source {
-    wit::Source {
-        registry: s.registry.clone(),
-        repository: s.repository.clone(),
-        reference: match &s.reference {
-            PullRef::Tag(tag) => wit::PullRef::Tag(tag.clone()),
-            PullRef::Digest(digest) => wit::PullRef::Digest(digest.to_string()),
-        },
-        plain_http: s.plain_http,
-        note: s.note.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn decision_for_test(d: wit::Decision) -> Result<Verdict, String> {
+    fn decision_for_test(d: RawDecision) -> Result<Verdict, String> {
         decision(d, &ImageRef::parse("ubuntu:22.04").unwrap())
     }
 
@@ -142,18 +128,18 @@ mod tests {
         let pin = format!("sha256:{}", "ab".repeat(32));
         let other = format!("sha256:{}", "cd".repeat(32));
         let image = ImageRef::parse(&format!("ubuntu:22.04@{pin}")).unwrap();
-        let plan = |refs: Vec<wit::PullRef>| {
-            wit::Decision::Plan(
+        let plan = |refs: Vec<RawPullRef>| {
+            RawDecision::Plan(
                 refs.into_iter()
                     .map(|r| wit_source("mirror.example", "library/ubuntu", r))
                     .collect(),
             )
         };
-        let by_pin = || wit::PullRef::Digest(pin.clone());
+        let by_pin = || RawPullRef::Digest(pin.clone());
         assert!(decision(plan(vec![by_pin(), by_pin()]), &image).is_ok());
         for bad in [
-            vec![by_pin(), wit::PullRef::Tag("22.04".into())],
-            vec![wit::PullRef::Digest(other.clone())],
+            vec![by_pin(), RawPullRef::Tag("22.04".into())],
+            vec![RawPullRef::Digest(other.clone())],
         ] {
             let err = decision(plan(bad), &image).unwrap_err();
             assert!(err.contains("does not pull the pinned digest"), "{err}");
@@ -162,10 +148,10 @@ mod tests {
 
     #[test]
     fn registries_come_out_canonical() {
-        let plan = wit::Decision::Plan(vec![wit_source(
+        let plan = RawDecision::Plan(vec![wit_source(
             "MIRROR.Example:443",
             "a",
-            wit::PullRef::Tag("1".into()),
+            RawPullRef::Tag("1".into()),
         )]);
         let Ok(Verdict::Plan(sources)) = decision_for_test(plan) else {
             panic!("refused");
@@ -173,8 +159,8 @@ mod tests {
         assert_eq!(sources[0].registry, "mirror.example");
     }
 
-    fn wit_source(registry: &str, repository: &str, reference: wit::PullRef) -> wit::Source {
-        wit::Source {
+    fn wit_source(registry: &str, repository: &str, reference: RawPullRef) -> RawSource {
+        RawSource {
             registry: registry.into(),
             repository: repository.into(),
             reference,
@@ -185,7 +171,7 @@ mod tests {
 
     #[test]
     fn nothing_that_looks_like_a_flag_or_shell_gets_through() {
-        let tag = |t: &str| wit::PullRef::Tag(t.into());
+        let tag = |t: &str| RawPullRef::Tag(t.into());
         let bad = [
             wit_source("--bind=/:/x", "a", tag("1")),
             wit_source("-v", "a", tag("1")),
@@ -195,15 +181,15 @@ mod tests {
             wit_source("reg.io", "a", tag("1 --bind /:/x")),
             wit_source("reg.io", "a", tag("`id`")),
             wit_source("reg.io", "a", tag("-x")),
-            wit_source("reg.io", "a", wit::PullRef::Digest("sha256:ABC".into())),
-            wit_source("reg.io", "a", wit::PullRef::Digest("--force".into())),
+            wit_source("reg.io", "a", RawPullRef::Digest("sha256:ABC".into())),
+            wit_source("reg.io", "a", RawPullRef::Digest("--force".into())),
             wit_source("reg io", "a", tag("1")),
             wit_source("reg.io\n", "a", tag("1")),
         ];
         for s in bad {
             let shown = format!("{s:?}");
             assert!(
-                decision_for_test(wit::Decision::Plan(vec![s])).is_err(),
+                decision_for_test(RawDecision::Plan(vec![s])).is_err(),
                 "{shown}"
             );
         }
@@ -212,33 +198,33 @@ mod tests {
             "dockerhub/library/ubuntu",
             tag("22.04"),
         );
-        assert!(decision_for_test(wit::Decision::Plan(vec![good])).is_ok());
+        assert!(decision_for_test(RawDecision::Plan(vec![good])).is_ok());
     }
 
     #[test]
     fn sizes_are_capped() {
-        let ok = || wit_source("reg.io", "a", wit::PullRef::Tag("1".into()));
+        let ok = || wit_source("reg.io", "a", RawPullRef::Tag("1".into()));
         let many = (0..=MAX_SOURCES).map(|_| ok()).collect();
         assert!(
-            decision_for_test(wit::Decision::Plan(many))
+            decision_for_test(RawDecision::Plan(many))
                 .unwrap_err()
                 .contains("sources")
         );
         let mut long_note = ok();
         long_note.note = "x".repeat(MAX_NOTE + 1);
         assert!(
-            decision_for_test(wit::Decision::Plan(vec![long_note]))
+            decision_for_test(RawDecision::Plan(vec![long_note]))
                 .unwrap_err()
                 .contains("note")
         );
         let reason = "x".repeat(MAX_REASON + 1);
         assert!(
-            decision_for_test(wit::Decision::Deny(reason))
+            decision_for_test(RawDecision::Deny(reason))
                 .unwrap_err()
                 .contains("reason")
         );
         assert!(
-            decision_for_test(wit::Decision::Plan(vec![]))
+            decision_for_test(RawDecision::Plan(vec![]))
                 .unwrap_err()
                 .contains("empty plan")
         );

@@ -5,7 +5,7 @@
 //! itself lives in the repository's `wit/` folder and is documented there.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/v0.1.0",
     world: "plugin",
     pub_export_macro: true,
     default_bindings_module: "sifr_plugin",

@@ -8,7 +8,8 @@
 //! deny-latest = true                            # optional, default true
 //! ```
 //!
-//! The contract is `wit/policy.wit` (package sifr:policy@0.1.0); PLUGINS.md
+//! The contract is `wit/policy.wit` (package sifr:policy@0.1.0; `wit` links
+//! to the repository's `wit/v0.1.0`); PLUGINS.md
 //! in the sifr repository documents every type and rule.
 
 use std::cell::RefCell;
