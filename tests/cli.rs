@@ -526,3 +526,117 @@ fn the_site_file_locks_its_rules_and_limits_against_every_user_layer() {
     let out = scratch.sifr(&["resolve", "ubuntu"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// `sifr completions SHELL` prints a script its shell accepts: `bash -n`
+/// parses the bash one (and `zsh -n`, `fish --no-execute` the others where
+/// those shells are installed), and each completes sifr's subcommands.
+#[test]
+fn completions_are_scripts_their_shells_parse() {
+    let scratch = scratch();
+    let have = |shell: &str| {
+        std::process::Command::new(shell)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("bash", "complete -F _sifr", &["-n"]),
+        ("zsh", "#compdef sifr", &["-n"]),
+        ("fish", "complete -c sifr", &["--no-execute"]),
+    ];
+    for (shell, marker, check) in cases {
+        let out = scratch.sifr(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        for sub in [
+            "resolve",
+            "pull",
+            "run",
+            "exec",
+            "cache",
+            "plugin",
+            "completions",
+        ] {
+            assert!(script.contains(sub), "{shell}: {sub} is not completed");
+        }
+        if shell == "bash" || have(shell) {
+            let file = scratch.write(&format!("sifr.{shell}"), &script);
+            let parsed = std::process::Command::new(shell)
+                .args(check)
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                parsed.status.success(),
+                "{shell} {check:?} refuses the script: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
+    }
+    let out = scratch.sifr(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// `sifr man DIR` writes one page per command and subcommand, from the
+/// same clap definitions; each is a man page groff reads without a warning
+/// (UTF-8 through preconv, `-k`, as `man` reads it).
+#[test]
+fn man_pages_cover_every_subcommand_and_groff_reads_them() {
+    let scratch = scratch();
+    let dir = scratch.path().join("man/man1");
+    let out = scratch.sifr(&["man", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let listed: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    for page in [
+        "sifr",
+        "sifr-resolve",
+        "sifr-pull",
+        "sifr-run",
+        "sifr-exec",
+        "sifr-cache",
+        "sifr-cache-ls",
+        "sifr-cache-rm",
+        "sifr-cache-prune",
+        "sifr-cache-verify",
+        "sifr-plugin",
+        "sifr-plugin-ls",
+        "sifr-plugin-check",
+        "sifr-completions",
+        "sifr-man",
+    ] {
+        let path = dir.join(format!("{page}.1"));
+        assert!(
+            listed.contains(&path.display().to_string()),
+            "{page}.1 is not listed: {listed:?}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n.TH {page} 1"
+            )) || text.contains(&format!(".TH {page} 1")),
+            "{page}.1 has no title line: {}",
+            &text[..text.len().min(200)]
+        );
+        assert!(
+            text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"),
+            "{page}.1"
+        );
+    }
+    let groff = std::process::Command::new("groff")
+        .arg("--version")
+        .output();
+    if groff.is_ok_and(|o| o.status.success()) {
+        for page in &listed {
+            let out = std::process::Command::new("groff")
+                .args(["-k", "-man", "-ww", "-z", page])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "groff warns about {page}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

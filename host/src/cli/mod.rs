@@ -1,6 +1,7 @@
 //! Command-line parsing, output and exit codes.
 
 mod cache;
+mod docs;
 pub mod front;
 mod plugin;
 mod progress;
@@ -125,6 +126,22 @@ enum Command {
     /// everything else to the real apptainer untouched.
     #[command(subcommand)]
     Front(front::Command),
+
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    ///
+    /// Examples:
+    ///   sifr completions bash > ~/.local/share/bash-completion/completions/sifr
+    ///   sifr completions zsh > ~/.zfunc/_sifr
+    ///   sifr completions fish > ~/.config/fish/completions/sifr.fish
+    #[command(verbatim_doc_comment)]
+    Completions(docs::CompletionsArgs),
+
+    /// Write man pages into DIR: sifr.1, and sifr-SUBCOMMAND.1 for each subcommand.
+    ///
+    /// Example:
+    ///   sifr man ~/.local/share/man/man1 && man sifr-pull
+    #[command(verbatim_doc_comment)]
+    Man(docs::ManArgs),
 }
 
 /// What the CLI needs from the global flags.
@@ -193,6 +210,8 @@ pub fn main() -> ExitCode {
         Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
         Command::Front(command) => front::run(&globals, command),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
