@@ -1348,7 +1348,14 @@ fn drop_ins_merge_over_the_main_file_as_containers_image_merges_them() {
                 [[registry]]\nlocation = \"keep.io\"\n[[registry.mirror]]\nlocation = \"keep-mirror.io\"\n\
                 [aliases]\n\"x\" = \"x.io/x\"\n\"y\" = \"y.io/y\"\n";
     type Plans<'a> = &'a [(&'a str, Result<&'a [&'a str], &'a str>)];
-    let cases: &[(&str, Option<&str>, &[(&str, &str)], Plans)] = &[
+    /// What it shows, the main file (if any), the drop-ins, the plans.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        Plans<'a>,
+    );
+    let cases: &[Case] = &[
         (
             "no files at all: the empty configuration",
             None,
