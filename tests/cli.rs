@@ -596,6 +596,7 @@ fn man_pages_cover_every_subcommand_and_groff_reads_them() {
         "sifr-exec",
         "sifr-cache",
         "sifr-cache-ls",
+        "sifr-cache-du",
         "sifr-cache-rm",
         "sifr-cache-prune",
         "sifr-cache-verify",
@@ -639,4 +640,198 @@ fn man_pages_cover_every_subcommand_and_groff_reads_them() {
             );
         }
     }
+}
+
+/// `sifr ARGS` with the apptainer test double and this scratch's cache.
+fn sifr_with_double(scratch: &Scratch, args: &[&str], vars: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+    cmd.args(args)
+        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
+        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache/sifr"))
+        .env("SIFR_APPTAINER", common::apptainer_double())
+        .env_remove("SIFR_CONFIG");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Three cached images of known sizes, one served by a mirror, pulled (as
+/// their records say) 3 days, 2 hours and 0 seconds ago.
+fn three_cached_images(scratch: &Scratch) {
+    let mirror = scratch.write(
+        "mirror.toml",
+        "[[plugin]]\nname = \"hub\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+         registries = [\"quay.io\"]\n[[plugin.settings.mirrors]]\nregistry = \"harbor.example.org\"\n",
+    );
+    let mirror = mirror.to_str().unwrap();
+    for (image, size) in [
+        ("ubuntu:22.04", "100000"),
+        ("quay.io/biocontainers/blast:2.15.0", "300000"),
+        ("alpine:3.19", "200000"),
+    ] {
+        sifr_with_double(
+            scratch,
+            &["--config", mirror, "pull", image],
+            &[("APPTAINER_DOUBLE_SIZE", size)],
+        );
+    }
+    // Back-date the records: ubuntu 3 days, blast 2 hours.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let index = scratch.path().join("cache/sifr/index");
+    for item in std::fs::read_dir(&index).unwrap() {
+        let path = item.unwrap().path();
+        let mut record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let back = match record["image"].as_str().unwrap() {
+            i if i.contains("ubuntu") => 3 * 86400,
+            i if i.contains("blast") => 2 * 3600,
+            _ => 0,
+        };
+        record["pulled-at"] = serde_json::json!(now - back);
+        std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    }
+}
+
+/// The images of a `cache ls` table, in order, and the table's lines.
+fn table_images(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn cache_ls_is_an_aligned_table_sorted_by_name_size_or_age() {
+    let scratch = scratch();
+    three_cached_images(&scratch);
+    let table = sifr_with_double(&scratch, &["cache", "ls"], &[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let header = lines[0];
+    for column in ["IMAGE", "SIZE", "AGE", "LAST USED", "SOURCE", "SIF"] {
+        assert!(header.contains(column), "{header}");
+    }
+    // Left-aligned columns start where their heading does; sizes end where
+    // theirs does.
+    let source_at = header.find("SOURCE").unwrap();
+    let sif_at = header.find("SIF").unwrap();
+    let size_end = header.find("SIZE").unwrap() + "SIZE".len();
+    for line in &lines[1..] {
+        assert_eq!(line[..size_end].chars().last(), Some('B'), "{table}");
+        assert_eq!(&line[size_end..size_end + 2], "  ", "{table}");
+        assert_eq!(&line[source_at - 2..source_at], "  ", "{table}");
+        assert!(!line[source_at..].starts_with(' '), "{table}");
+        assert_eq!(line[sif_at..].len(), 12, "a short SIF digest: {table}");
+    }
+    let row = |image: &str| *lines.iter().find(|l| l.contains(image)).unwrap();
+    let blast = row("blast");
+    assert!(
+        blast.contains("293.0 KiB") && blast.contains("2h ago"),
+        "{table}"
+    );
+    assert!(
+        blast.contains("harbor.example.org"),
+        "the mirror that served it: {table}"
+    );
+    let ubuntu = row("ubuntu");
+    assert!(
+        ubuntu.contains("97.7 KiB") && ubuntu.contains("3d ago"),
+        "{table}"
+    );
+    assert!(ubuntu.contains("docker.io"), "{table}");
+
+    assert_eq!(
+        table_images(&table),
+        [
+            "docker.io/library/alpine:3.19",
+            "docker.io/library/ubuntu:22.04",
+            "quay.io/biocontainers/blast:2.15.0"
+        ]
+    );
+    let by_size = sifr_with_double(&scratch, &["cache", "ls", "--sort", "size"], &[]);
+    assert_eq!(
+        table_images(&by_size),
+        [
+            "quay.io/biocontainers/blast:2.15.0",
+            "docker.io/library/alpine:3.19",
+            "docker.io/library/ubuntu:22.04"
+        ]
+    );
+    let by_age = sifr_with_double(&scratch, &["cache", "ls", "--sort", "age"], &[]);
+    assert_eq!(
+        table_images(&by_age),
+        [
+            "docker.io/library/alpine:3.19",
+            "quay.io/biocontainers/blast:2.15.0",
+            "docker.io/library/ubuntu:22.04"
+        ]
+    );
+
+    // --json is the index records, as before.
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&sifr_with_double(&scratch, &["cache", "ls", "--json"], &[])).unwrap();
+    assert_eq!(json.len(), 3);
+    for record in &json {
+        for key in ["image", "sif-digest", "size", "source-uri", "pulled-at"] {
+            assert!(record.get(key).is_some(), "{key} in {record}");
+        }
+    }
+}
+
+#[test]
+fn cache_du_shows_totals_and_what_prune_max_size_would_remove() {
+    let scratch = scratch();
+    three_cached_images(&scratch);
+    let du = sifr_with_double(&scratch, &["cache", "du"], &[]);
+    assert!(du.starts_with("3 images, 585.9 KiB in "), "{du}");
+    let source = |registry: &str| {
+        du.lines()
+            .find(|l| l.starts_with(registry))
+            .unwrap_or_else(|| panic!("no {registry} line: {du}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(source("docker.io"), "2 293.0 KiB");
+    assert_eq!(source("harbor.example.org"), "1 293.0 KiB");
+    assert!(!du.contains("would remove"), "{du}");
+
+    // 500 KB keeps the two newest; the oldest (ubuntu) would go.
+    let du = sifr_with_double(&scratch, &["cache", "du", "--max-size", "500KB"], &[]);
+    let plan = du
+        .split_once("`sifr cache prune --max-size")
+        .unwrap_or_else(|| panic!("{du}"))
+        .1;
+    assert!(
+        plan.contains("would remove 1 images (oldest first), 97.7 KiB"),
+        "{du}"
+    );
+    assert_eq!(
+        table_images(plan.split_once('\n').unwrap().1),
+        ["docker.io/library/ubuntu:22.04"]
+    );
+    let fits = sifr_with_double(&scratch, &["cache", "du", "--max-size", "1GiB"], &[]);
+    assert!(fits.contains("would remove nothing"), "{fits}");
+
+    let json: serde_json::Value = serde_json::from_str(&sifr_with_double(
+        &scratch,
+        &["cache", "du", "--max-size", "500KB", "--json"],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(json["images"], 3);
+    assert_eq!(json["size"], 600000);
+    assert_eq!(json["prune-max-size"]["would-free"], 100000);
+    // Nothing was removed: du only looks.
+    let ls = sifr_with_double(&scratch, &["cache", "ls"], &[]);
+    assert_eq!(ls.lines().count(), 4, "{ls}");
 }

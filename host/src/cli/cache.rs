@@ -13,11 +13,25 @@ use super::{Globals, exit};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// List cached images.
+    /// List cached images: an aligned table of image, size, age, last use,
+    /// the registry it came from (the mirror, when one served it) and the
+    /// SIF digest's first 12 hex digits (enough for `sifr cache rm`).
+    ///
+    /// "Last used" is when the SIF file was last read (its atime; apptainer
+    /// reads it on every run): to within a day with the usual `relatime`
+    /// mount option, and the pull itself on a `noatime` mount.
+    ///
+    /// Examples:
+    ///   sifr cache ls --sort size
+    ///   sifr cache ls --json | jq -r '.[].image'
+    #[command(verbatim_doc_comment)]
     Ls {
-        /// Print JSON (the full index records).
+        /// Print JSON (the full index records), for scripts.
         #[arg(long)]
         json: bool,
+        /// Order: by name, by size (largest first) or by age (newest first).
+        #[arg(long, value_enum, default_value_t)]
+        sort: super::cache_view::SortBy,
     },
     /// Remove cached images by reference (`ubuntu:22.04`; `ubuntu` for all
     /// its tags) or by SIF digest (`sha256:<hex>`, or 8+ leading hex digits).
@@ -57,6 +71,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the cache's totals, by source registry, and what
+    /// `prune --max-size SIZE` would remove.
+    ///
+    /// Examples:
+    ///   sifr cache du
+    ///   sifr cache du --max-size 50GiB
+    #[command(verbatim_doc_comment)]
+    Du {
+        /// Also show what `sifr cache prune --max-size SIZE` would remove.
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<ByteSize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn open(globals: &Globals) -> Result<Cache> {
@@ -86,17 +115,17 @@ fn line(entry: &Entry) -> String {
 pub fn run(globals: &Globals, command: Command) -> Result<u8> {
     let cache = open(globals)?;
     match command {
-        Command::Ls { json } => {
-            let entries: Vec<Entry> = cache.entries()?.into_iter().map(|(_, e)| e).collect();
+        Command::Ls { json, sort } => {
+            let mut entries: Vec<Entry> = cache.entries()?.into_iter().map(|(_, e)| e).collect();
+            super::cache_view::sort(&mut entries, sort);
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
-            } else {
-                for entry in &entries {
-                    println!("{}", line(entry));
-                }
-                if entries.is_empty() && !globals.quiet {
+            } else if entries.is_empty() {
+                if !globals.quiet {
                     eprintln!("sifr: the cache at {} is empty", cache.root().display());
                 }
+            } else {
+                print!("{}", super::cache_view::table(&cache, &entries));
             }
             Ok(0)
         }
@@ -196,6 +225,24 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
             } else {
                 Ok(exit::CACHE_CORRUPT)
             }
+        }
+        Command::Du { max_size, json } => {
+            let entries: Vec<Entry> = cache.entries()?.into_iter().map(|(_, e)| e).collect();
+            let would_remove = match max_size {
+                Some(max) => Some((
+                    max.as_u64(),
+                    cache.prune(None, Some(max.as_u64()), true)?.removed,
+                )),
+                None => None,
+            };
+            let would_remove = would_remove
+                .as_ref()
+                .map(|(max, removed)| (*max, removed.as_slice()));
+            print!(
+                "{}",
+                super::cache_view::du(&cache, &entries, would_remove, json)
+            );
+            Ok(0)
         }
     }
 }

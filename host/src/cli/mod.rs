@@ -1,6 +1,7 @@
 //! Command-line parsing, output and exit codes.
 
 mod cache;
+mod cache_view;
 mod docs;
 pub mod front;
 mod plugin;
