@@ -1171,3 +1171,43 @@ fn a_run_drops_the_host_s_container_env_keeps_site_binds_and_pulls_keep_their_se
     }
     assert!(run.contains(&"APPTAINER_CACHEDIR".to_string()), "{run:?}");
 }
+
+#[test]
+fn a_pinned_image_is_a_hit_only_when_it_was_pulled_by_its_digest() {
+    let env = Env::new();
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let image = format!("ubuntu:22.04@{digest}");
+    let out = env.sifr(&["pull", &image], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pulls_so_far = pulls(&env.log);
+    assert_eq!(pulls_so_far.len(), 1);
+    assert_eq!(pulls_so_far[0][3], format!("docker://ubuntu@{digest}"));
+    // A hit, by the digest.
+    let again = env.sifr(&["pull", &image], &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(pulls(&env.log).len(), 1);
+
+    // A record filed under the pin that says the image came by tag (as an
+    // older sifr with `prefer = "tag"` wrote them) is not the pinned image.
+    let index = env.cache().join("index");
+    let record = std::fs::read_dir(&index)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    json["source-uri"] = "docker://ubuntu:22.04".into();
+    let tmp = record.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&json).unwrap()).unwrap();
+    std::fs::rename(&tmp, &record).unwrap();
+    let repulled = env.sifr(&["pull", &image], &[]);
+    assert_eq!(repulled.status.code(), Some(0), "{}", stderr(&repulled));
+    let all = pulls(&env.log);
+    assert_eq!(all.len(), 2, "pulled again");
+    assert_eq!(all[1][3], format!("docker://ubuntu@{digest}"));
+    assert_eq!(
+        entries(&env)[0]["source-uri"],
+        format!("docker://ubuntu@{digest}")
+    );
+}

@@ -153,6 +153,17 @@ impl Entry {
         self
     }
 
+    /// Whether the entry was pulled by the manifest digest it is filed
+    /// under, when it is filed under one. The identity of a pinned
+    /// reference is its digest, so a hit must be that image: a record of a
+    /// tag pull (which could be anything the tag pointed at) does not count.
+    pub fn pulled_as_pinned(&self) -> bool {
+        match &self.manifest_digest {
+            Some(digest) => self.source_uri.ends_with(&format!("@{digest}")),
+            None => true,
+        }
+    }
+
     fn blob_hex(&self) -> &str {
         self.sif_digest
             .strip_prefix("sha256:")
@@ -424,6 +435,11 @@ impl Cache {
             Ok(None) => return Ok(Lookup::Miss),
             Err(untrusted) => return Ok(Lookup::Untrusted(untrusted)),
         };
+        if !entry.pulled_as_pinned() {
+            // Filed under a pin, but pulled by something else (a tag, once):
+            // not the pinned image. Pulled again, by the digest.
+            return Ok(Lookup::Miss);
+        }
         let name = entry.blob_name();
         let untrusted_blob = |why| {
             Lookup::Untrusted(Untrusted {
