@@ -622,9 +622,11 @@ pub enum PlaceError {
     },
 }
 
-/// Make `dest` a runnable copy of the cache blob `blob`: a reflink where
-/// the filesystem can, else a copy; written beside `dest` and renamed onto
-/// it, so `dest` is never half-written.
+/// Make `dest` a runnable copy of the cache blob `blob` (the file that was
+/// checked, open: read by position, never by its path or through its
+/// shared offset): a reflink where the filesystem can, else a copy;
+/// written beside `dest` and renamed onto it, so `dest` is never
+/// half-written.
 ///
 /// Never a hardlink: a hardlink *is* the blob (one inode), so a user who
 /// later writes into `dest` (`apptainer sif add`, a truncating `>`), or
@@ -632,7 +634,7 @@ pub enum PlaceError {
 /// the blob's ctime, which sifr's stamp watches, so every hit after it
 /// would re-hash the whole file. A reflink or a copy has its own inode:
 /// deleting or changing `dest` never touches the cache.
-pub fn place(blob: &Path, dest: &Path, force: bool) -> Result<Placement, PlaceError> {
+pub fn place(blob: &File, dest: &Path, force: bool) -> Result<Placement, PlaceError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PlaceError::Io { path, source }
@@ -647,19 +649,18 @@ pub fn place(blob: &Path, dest: &Path, force: bool) -> Result<Placement, PlaceEr
     temp_name.push(name);
     temp_name.push(format!(".sifr-{}.tmp", std::process::id()));
     let temp = dest.with_file_name(temp_name);
-    let source = File::open(blob).map_err(fail(blob))?;
-    let mut out = std::fs::OpenOptions::new()
+    let source = blob;
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o755)
         .open(&temp)
         .map_err(fail(&temp))?;
     let placed = (|| {
-        let how = match rustix::fs::ioctl_ficlone(&out, &source) {
+        let how = match rustix::fs::ioctl_ficlone(&out, source) {
             Ok(()) => Placement::Reflink,
             Err(_) => {
-                let mut source = &source;
-                io::copy(&mut source, &mut out)?;
+                copy_by_position(source, &out)?;
                 Placement::Copy
             }
         };
@@ -683,6 +684,43 @@ pub fn place(blob: &Path, dest: &Path, force: bool) -> Result<Placement, PlaceEr
             }
         }
     }
+}
+
+/// Copy all of `source` into the empty `out`, from offset 0, leaving
+/// `source`'s offset alone (its descriptor is shared): `copy_file_range`
+/// (server-side on NFS 4.2, a clone on some filesystems), else reads and
+/// writes at explicit positions.
+fn copy_by_position(source: &File, out: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = source.metadata()?.len();
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = done;
+        let mut off_out = done;
+        let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+        match rustix::fs::copy_file_range(source, Some(&mut off_in), out, Some(&mut off_out), left)
+        {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(_) => break,
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    while done < len {
+        let n = source.read_at(&mut buf, done)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all_at(&buf[..n], done)?;
+        done += n as u64;
+    }
+    if done != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the cached SIF ended before its size",
+        ));
+    }
+    Ok(())
 }
 
 /// A file's identity: same device and inode is the same file, whatever the
@@ -1115,17 +1153,20 @@ mod tests {
         let blob = dir.path().join("blob.sif");
         std::fs::write(&blob, b"SIF bytes").unwrap();
         let dest = dir.path().join("x.simg");
-        place(&blob, &dest, false).unwrap();
+        let open = File::open(&blob).unwrap();
+        // Its offset is at the end (as after hashing): it must not matter.
+        std::io::Read::read_to_end(&mut &open, &mut Vec::new()).unwrap();
+        place(&open, &dest, false).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"SIF bytes");
         assert_ne!(FileId::of(&dest), FileId::of(&blob));
         // apptainer's rule: no overwrite without --force.
         std::fs::write(&dest, b"mine").unwrap();
         assert!(matches!(
-            place(&blob, &dest, false),
+            place(&open, &dest, false),
             Err(PlaceError::Exists(_))
         ));
         assert_eq!(std::fs::read(&dest).unwrap(), b"mine");
-        place(&blob, &dest, true).unwrap();
+        place(&open, &dest, true).unwrap();
         // Changing the destination leaves the cache alone.
         std::fs::write(&dest, b"changed").unwrap();
         assert_eq!(std::fs::read(&blob).unwrap(), b"SIF bytes");

@@ -84,6 +84,15 @@ impl Pulled {
     pub fn is_held(&self) -> bool {
         self.hold.is_some()
     }
+
+    /// The SIF that was checked, held open, while this holds the image:
+    /// what an embedder copies from, or hands to [`Cache::runnable`] for a
+    /// path apptainer can be given (sifr's front does both).
+    ///
+    /// [`Cache::runnable`]: crate::cache::Cache::runnable
+    pub fn verified_blob(&self) -> Option<&VerifiedBlob> {
+        self.hold.as_ref().and(self.blob.as_ref())
+    }
 }
 
 /// A pull stopped by a signal (see [`RuntimeOptions::cancel`]): the source

@@ -44,6 +44,12 @@ pub struct VerifiedBlob {
 }
 
 impl VerifiedBlob {
+    /// The checked file, open: read it through this, not by its path,
+    /// which someone may have pointed at another file since.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     fn dev_ino(&self) -> io::Result<(u64, u64)> {
         let meta = self.file.metadata()?;
         Ok((meta.dev(), meta.ino()))

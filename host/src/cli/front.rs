@@ -371,7 +371,13 @@ fn front_pull(
         Ok(pulled) => pulled,
         Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
     };
-    match place(&pulled.path, &dest, request.force) {
+    let Some(blob) = pulled.verified_blob() else {
+        return fatal(
+            &format!("{} is not held in the cache; pull it again", pulled.image),
+            exit::FAILURE,
+        );
+    };
+    match place(blob.file(), &dest, request.force) {
         Ok(how) => {
             if !request.quiet {
                 let from = if pulled.cached {
@@ -465,8 +471,33 @@ fn front_action(
         Ok(pulled) => pulled,
         Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
     };
+    // Not `pulled.path`: apptainer opens what it is given later, by path,
+    // and in a shared cache that path could name another file by then.
+    // This names the file that was checked (see Cache::runnable).
+    let sif = match pulled
+        .verified_blob()
+        .map(|blob| runtime.cache().runnable(blob))
+    {
+        Some(Ok(sif)) => sif,
+        Some(Err(e)) => {
+            return fatal(
+                &format!(
+                    "cannot run {} from the cache at {}: {e}",
+                    pulled.image,
+                    runtime.cache().root().display()
+                ),
+                exit::FAILURE,
+            );
+        }
+        None => {
+            return fatal(
+                &format!("{} is not held in the cache; pull it again", pulled.image),
+                exit::FAILURE,
+            );
+        }
+    };
     let mut argv = args.to_vec();
-    argv[request.image_index] = pulled.path.display().to_string();
+    argv[request.image_index] = sif.path().display().to_string();
     let code = match run_forwarding(&real.path, &argv) {
         Ok(code) => code,
         Err(e) => {
@@ -476,6 +507,7 @@ fn front_action(
             );
         }
     };
+    drop(sif);
     drop(pulled);
     code
 }
