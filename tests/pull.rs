@@ -1211,3 +1211,51 @@ fn a_pinned_image_is_a_hit_only_when_it_was_pulled_by_its_digest() {
         format!("docker://ubuntu@{digest}")
     );
 }
+
+#[test]
+fn on_a_terminal_a_lock_wait_shows_how_long_it_has_lasted() {
+    // script(1) (util-linux; Debian's bsdutils, which is essential) runs
+    // sifr on a pseudo-terminal and copies what it draws to its stdout.
+    let script = which::which("script").expect("script(1), from util-linux, gives sifr a terminal");
+    let env = Env::new();
+    let _release = TouchOnDrop(env.hold());
+    let hold_file = env.hold();
+    let hold = [("APPTAINER_DOUBLE_HOLD", hold_file.to_str().unwrap())];
+    let mut first = env
+        .command(&["pull", "alpine:3.19"], &hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first pull to begin its file", PATIENCE, || {
+        !env.temp_pulls().is_empty()
+    });
+    // The second waits on a terminal (script's pty) until it gives up.
+    let sifr = env!("CARGO_BIN_EXE_sifr");
+    let line = format!("'{sifr}' pull --pull-timeout 2s alpine:3.19");
+    let cmd = env.command(&[], &[]);
+    let mut script_cmd = Command::new(script);
+    script_cmd.args(["-qec", &line, "/dev/null"]);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => script_cmd.env(key, value),
+            None => script_cmd.env_remove(key),
+        };
+    }
+    let out = output_within(&mut script_cmd, Duration::from_secs(120));
+    let screen = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{screen}");
+    // The spinner's line, redrawn while the wait lasts.
+    assert!(
+        screen.contains("waited 1s of at most 2s: waiting for another sifr pulling"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("gave up on docker.io/library/alpine:3.19"),
+        "{screen}"
+    );
+
+    env.release();
+    let status = wait_within(&mut first, PATIENCE);
+    assert_eq!(status.code(), Some(0));
+}

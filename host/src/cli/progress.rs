@@ -103,7 +103,8 @@ impl Display {
     }
 
     /// A wait for another process: announced once (a line, TTY or not),
-    /// then, on a TTY, the spinner says how long it has lasted.
+    /// then, on a TTY, the spinner says how long it has lasted (first, so
+    /// that a narrow terminal cuts the image's name, not the time).
     pub fn waiting(&mut self, what: &str, waited: Duration, limit: Option<Duration>) {
         if self.waiting_on.as_deref() != Some(what) {
             self.waiting_on = Some(what.to_string());
@@ -111,20 +112,20 @@ impl Display {
             self.note(what);
             if let Some(bar) = &self.bar {
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg:.dim}")
+                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
                         .expect("a valid template"),
                 );
-                bar.set_prefix(what.to_string());
+                bar.set_message(what.to_string());
             }
         }
         if let Some(bar) = &self.bar {
             let so_far = humantime::format_duration(Duration::from_secs(waited.as_secs()));
-            bar.set_message(match limit {
+            bar.set_prefix(match limit {
                 Some(limit) => format!(
-                    "({so_far} so far; giving up after {})",
+                    "waited {so_far} of at most {}:",
                     humantime::format_duration(limit)
                 ),
-                None => format!("({so_far} so far)"),
+                None => format!("waited {so_far}:"),
             });
         }
     }
