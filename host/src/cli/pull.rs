@@ -114,16 +114,18 @@ fn runtime(globals: &Globals, options: &PullOptions, cancel: &Cancel) -> Result<
 /// process group with it, and its temporary file goes), then sifr exits
 /// 128 + the signal. Without this, apptainer, in a process group of its
 /// own, would go on pulling after sifr died, past any timeout.
+#[derive(Default)]
 struct Cancel(Arc<AtomicUsize>);
 
 impl Cancel {
-    fn install() -> Result<Self> {
+    /// Catch the signals from now on. Until then (loading the config and
+    /// the plugins), they end sifr as usual: there is nothing to clean up.
+    fn install(&self) -> Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let flag = Arc::new(AtomicUsize::new(0));
         for signal in [SIGINT, SIGTERM, SIGHUP] {
-            signal_hook::flag::register_usize(signal, flag.clone(), signal as usize)?;
+            signal_hook::flag::register_usize(signal, self.0.clone(), signal as usize)?;
         }
-        Ok(Self(flag))
+        Ok(())
     }
 
     /// The exit code for a signal that stopped us, if one did.
@@ -141,8 +143,9 @@ fn interrupted_code(error: &sifr::Error) -> Option<u8> {
 }
 
 pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
-    let cancel = Cancel::install()?;
+    let cancel = Cancel::default();
     let runtime = runtime(globals, &args.options, &cancel)?;
+    cancel.install()?;
     let mut code = 0;
     let mut out = Vec::new();
     for input in &args.images {
@@ -207,8 +210,9 @@ pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
         anyhow::bail!("`sifr exec` needs a command: sifr exec IMAGE -- COMMAND [ARGS...]");
     }
     let image = ImageRef::parse(&args.image)?;
-    let cancel = Cancel::install()?;
+    let cancel = Cancel::default();
     let runtime = runtime(globals, &args.options, &cancel)?;
+    cancel.install()?;
     let options = RunOptions {
         binds: args.bind,
         env: args.env,
