@@ -591,6 +591,33 @@ fn the_front_refuses_to_recurse() {
     let out = run(m.apptainer(&["--version"]).env("PATH", path));
     assert_eq!(out.status.code(), Some(7));
     assert!(stderr(&out).contains("recursion"), "{}", stderr(&out));
+
+    // `[apptainer] path` naming a wrapper that execs the front itself; from
+    // sifr too, whose calls the front otherwise passes straight through.
+    let execs_front = wrapper.join("execs-front");
+    std::fs::write(
+        &execs_front,
+        format!(
+            "#!/bin/sh\nexec '{}' \"$@\"\n",
+            m.front.join("apptainer").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&execs_front, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = m.path().join("wrapped.toml");
+    std::fs::write(
+        &config,
+        format!("[apptainer]\npath = \"{}\"\n", execs_front.display()),
+    )
+    .unwrap();
+    let out = run(m.apptainer(&["--version"]).env("SIFR_CONFIG", &config));
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr(&out).contains("recursion"), "{}", stderr(&out));
+    let out = run(m
+        .sifr(&["pull", "example.test/a:1"])
+        .env("SIFR_CONFIG", &config));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(pulls(&m.log).is_empty());
 }
 
 #[test]

@@ -198,9 +198,11 @@ fn fatal(message: &str, code: u8) -> ExitCode {
 pub fn main(invoked_as: &str) -> ExitCode {
     let raw: Vec<OsString> = std::env::args_os().skip(1).collect();
     let own = FileId::current_exe();
+    // Set only for what a front started: outside a container, reaching a
+    // front again means PATH (or a wrapper, even one that execs the front
+    // straight from sifr) leads back here, and would loop.
     if let Some(real) = std::env::var_os(REAL_ENV)
         && !in_container()
-        && !parent_is_sifr(own)
     {
         return fatal(
             &format!(
