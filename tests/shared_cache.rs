@@ -173,9 +173,10 @@ fn a_swap_after_the_check_cannot_change_what_apptainer_runs() {
     let env = Env::new();
     let blob = env.pull();
     let verified = nonce_of(&blob);
-    // As in a cache a group shares without sticky directories: others can
-    // rename files over the blob, so its path is not what apptainer gets.
-    chmod(&env.cache().join("blobs/sha256"), 0o775);
+    // As in a cache shared without sticky directories: others can rename
+    // files over the blob, so its path is not what apptainer gets. (Other
+    // write, not group write: the test's group may be its user's own.)
+    chmod(&env.cache().join("blobs/sha256"), 0o777);
     let planted = env.dir.path().join("planted.sif");
     fake_sif(&planted, "swapped-in");
 

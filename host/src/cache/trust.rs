@@ -77,7 +77,9 @@ impl Trust {
     /// anyway) can replace an entry of the directory with this metadata:
     /// its owner is trusted, and it is writable only by its owner, or it is
     /// sticky (then only an entry's owner can rename or remove it, and the
-    /// entries that matter are checked in turn).
+    /// entries that matter are checked in turn). Group write is no one
+    /// else's when the group is the owner's own (a user private group, as
+    /// umask 002 leaves on `~/.cache/sifr`).
     pub fn check_dir(&self, meta: &Metadata) -> Result<(), Distrust> {
         if !meta.file_type().is_dir() {
             return Err(Distrust::NotADirectory);
@@ -88,7 +90,8 @@ impl Trust {
         }
         let mode = meta.permissions().mode() & 0o7777;
         let sticky = mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky {
+        let group_write = mode & 0o020 != 0 && !is_private_group(meta.gid(), owner);
+        if (group_write || mode & 0o002 != 0) && !sticky {
             return Err(Distrust::Writable { uid: owner, mode });
         }
         Ok(())
@@ -122,10 +125,10 @@ impl fmt::Display for Distrust {
                 f,
                 "it is owned by {} but writable by {} (mode {mode:04o})",
                 owner_name(*uid),
-                if mode & 0o020 != 0 {
-                    "its group"
-                } else {
+                if mode & 0o002 != 0 {
                     "everyone"
+                } else {
+                    "its group"
                 },
             ),
         }
@@ -188,6 +191,49 @@ pub fn user_name(uid: u32) -> Option<String> {
     // SAFETY: getpwuid_r succeeded, so pw_name points at a C string in buf.
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// Whether `gid` is `uid`'s own group, which lets no one else in: the
+/// user's primary group, named after the user, with no one else listed in
+/// it (a user private group, as `useradd --user-group` and adduser make).
+/// Anything that cannot be looked up is not.
+pub fn is_private_group(gid: u32, uid: u32) -> bool {
+    use std::ffi::CStr;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_gid != gid || pwd.pw_name.is_null() {
+        return false;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name points at a C string in buf.
+    let user = unsafe { CStr::from_ptr(pwd.pw_name) }.to_owned();
+    let mut gbuf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero group is a valid value for getgrgid_r to fill.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut gfound: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `gbuf.len()` is its size.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, gbuf.as_mut_ptr(), gbuf.len(), &mut gfound) };
+    if rc != 0 || gfound.is_null() || grp.gr_name.is_null() {
+        return false;
+    }
+    // SAFETY: getgrgid_r succeeded: gr_name is a C string and gr_mem a
+    // null-terminated array of C strings, all in gbuf.
+    unsafe {
+        if CStr::from_ptr(grp.gr_name) != user.as_c_str() {
+            return false;
+        }
+        let mut member = grp.gr_mem;
+        while !member.is_null() && !(*member).is_null() {
+            if CStr::from_ptr(*member) != user.as_c_str() {
+                return false;
+            }
+            member = member.add(1);
+        }
+    }
+    true
 }
 
 /// The uid of a user given by name or as a number, as
@@ -322,14 +368,28 @@ mod tests {
         let trust = Trust::new(&[]);
         let canonical = std::fs::canonicalize(&sub).unwrap();
         assert_eq!(unsafe_ancestor(&canonical, &trust), None);
-        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o2777)).unwrap();
         let found = unsafe_ancestor(&canonical, &trust).unwrap();
         assert_eq!(found.path, canonical);
         assert!(
-            found.to_string().contains("writable by its group"),
+            found.to_string().contains("writable by everyone"),
             "{found}"
         );
-        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o3775)).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o3777)).unwrap();
         assert_eq!(unsafe_ancestor(&canonical, &trust), None);
+
+        // Group write counts unless the group is the owner's private one.
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let meta = std::fs::metadata(&sub).unwrap();
+        let private = is_private_group(meta.gid(), meta.uid());
+        assert_eq!(trust.check_dir(&meta).is_ok(), private);
+    }
+
+    #[test]
+    fn a_user_private_group_is_recognised() {
+        // root's group is root's own.
+        assert!(is_private_group(0, 0));
+        // A group that is not the user's primary group is not.
+        assert!(!is_private_group(65534, 0));
     }
 }
