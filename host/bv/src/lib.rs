@@ -203,7 +203,7 @@ impl SifrRuntime {
                         oci_text(image)
                     ))
                 })?;
-                self.pulled_as_recorded(&entry, &sif, &NoProgress)
+                self.pulled_as_recorded(&entry, &sif, Purpose::Run, &NoProgress)
             }
             Some(Recorded::Manifest(_)) | None => {
                 self.pull_image(&image_ref(image)?, Purpose::Run, &NoProgress)
@@ -218,10 +218,11 @@ impl SifrRuntime {
         &self,
         entry: &Entry,
         sif: &SifDigest,
+        purpose: Purpose,
         progress: &dyn ProgressReporter,
     ) -> Result<Pulled> {
         let image = ImageRef::parse(&entry.image).map_err(|e| bv_error(e.into()))?;
-        let pulled = self.pull_image(&image, Purpose::Run, progress)?;
+        let pulled = self.pull_image(&image, purpose, progress)?;
         if pulled.entry.sif_digest != sif.to_string() {
             return Err(not_reproducible(
                 &entry.image,
@@ -443,7 +444,9 @@ impl ContainerRuntime for SifrRuntime {
                 let name = image_ref(&by_tag)?;
                 let name = format!("{}/{}", name.registry, name.repository);
                 match self.entry_by_sif(&sif, Some(&name))? {
-                    Some(entry) => self.pulled_as_recorded(&entry, &sif, progress)?,
+                    Some(entry) => {
+                        self.pulled_as_recorded(&entry, &sif, Purpose::Pull, progress)?
+                    }
                     None if image.tag.is_some() => {
                         let pulled =
                             self.pull_image(&image_ref(&by_tag)?, Purpose::Pull, progress)?;
@@ -468,19 +471,25 @@ impl ContainerRuntime for SifrRuntime {
             }
             Some(Recorded::Manifest(_)) | None => {
                 let reference = image_ref(image)?;
-                self.pull_image(&reference, Purpose::Pull, progress)
-                    .map_err(|e| match (&image.tag, &image.digest, e) {
-                        (Some(_), Some(digest), BvError::RuntimeError(message))
-                            if message.contains("every source failed") =>
-                        {
-                            BvError::RuntimeError(format!(
-                                "{message}\nIf bv.lock was written by bv's own apptainer backend, \
-                                 its image_digest {digest} is a SIF file hash, not a registry \
-                                 digest, and cannot be pulled by: run `bv lock` again with this runtime"
-                            ))
-                        }
-                        (_, _, e) => e,
-                    })?
+                let pulled = self.runtime.pull(&reference, Purpose::Pull, &mut |event| {
+                    report(progress, event)
+                });
+                match pulled {
+                    Ok(pulled) => pulled,
+                    // `bv sync` sends name:tag@digest; the digest may be a
+                    // SIF hash that bv's own apptainer backend wrote.
+                    Err(e @ Error::PullFailed { .. })
+                        if image.tag.is_some() && image.digest.is_some() =>
+                    {
+                        return Err(BvError::RuntimeError(format!(
+                            "{e}\nIf bv.lock was written by bv's own apptainer backend, its \
+                             image_digest {} is a SIF file hash, not a registry digest, and \
+                             cannot be pulled by: run `bv lock` again with this runtime",
+                            image.digest.as_deref().unwrap_or_default()
+                        )));
+                    }
+                    Err(e) => return Err(bv_error(e)),
+                }
             }
         };
         progress.finish("");
