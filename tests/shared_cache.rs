@@ -215,6 +215,32 @@ fn a_swap_after_the_check_cannot_change_what_apptainer_runs() {
 }
 
 #[test]
+fn with_no_path_others_cannot_swap_sifr_refuses_to_run_and_names_the_directory() {
+    let env = Env::new();
+    env.pull();
+    // Every directory of the cache writable by others, none sticky: no
+    // path to the blob, and no private link, is out of their reach.
+    for dir in ["", "blobs", "blobs/sha256", "index", "locks", "tmp"] {
+        chmod(&env.cache().join(dir), 0o777);
+    }
+    let out = env.sifr(&["run", IMAGE]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        ran(&env.ran).is_empty(),
+        "apptainer ran: {:?}",
+        ran(&env.ran)
+    );
+    let err = stderr(&out);
+    let root = std::fs::canonicalize(env.cache()).unwrap();
+    assert!(
+        err.contains("cannot hand apptainer the checked SIF")
+            && err.contains(&format!("{} can be changed by others", root.display()))
+            && err.contains("Sharing a cache"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_symlink_planted_as_a_blob_is_not_followed() {
     let env = Env::new();
     let blob = env.pull();

@@ -528,14 +528,16 @@ impl Runtime {
         // Not `pulled.path`: apptainer opens what it is given later, by
         // path, and in a shared cache that path could name another file by
         // then. This names the file that was checked (see Cache::runnable).
+        // The whole story goes in the message; the source only says what
+        // kind of failure it was (the CLI prints both).
         let sif = self.cache.runnable(&blob).map_err(|e| {
             Error::io(
                 format!(
-                    "cannot run {} from the cache at {}",
+                    "cannot run {} from the cache at {}: {e}",
                     pulled.image,
                     self.cache.root().display()
                 ),
-                e,
+                std::io::Error::from(e.kind()),
             )
         })?;
         let argv = Apptainer::run_args(mode, sif.path(), options, args);
