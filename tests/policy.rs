@@ -268,12 +268,16 @@ fn contract_versions_are_accepted_by_semver_rules() {
         let wasm = components::exporting_version(scratch.path(), version);
         let err = load(&scratch, &entry("future", &wasm, "")).unwrap_err();
         assert!(
-            matches!(err, Error::PluginLoad(PluginLoadError::WrongContract { .. })),
+            matches!(
+                err,
+                Error::PluginLoad(PluginLoadError::WrongContract { .. })
+            ),
             "{version}: {err}"
         );
         assert!(
-            err.to_string()
-                .contains(&format!("it was built for sifr:policy/policy@{version}, and this sifr speaks 0.1.0")),
+            err.to_string().contains(&format!(
+                "it was built for sifr:policy/policy@{version}, and this sifr speaks 0.1.0"
+            )),
             "{err}"
         );
     }

@@ -146,9 +146,8 @@ pub fn exporting_version(dir: &Path, version: &str) -> PathBuf {
         "sifr:policy/policy@0.1.0#",
         &format!("sifr:policy/policy@{version}#"),
     );
-    let world = format!(
-        "package test:hostile;\nworld test {{ export sifr:policy/policy@{version}; }}"
-    );
+    let world =
+        format!("package test:hostile;\nworld test {{ export sifr:policy/policy@{version}; }}");
     let wasm = component_with(&wit, &wat, &world);
     write(dir, &format!("policy-{version}.wasm"), &wasm)
 }

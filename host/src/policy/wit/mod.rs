@@ -92,9 +92,8 @@ pub(crate) fn version_of(exports: &[String]) -> Result<Version, String> {
             .strip_prefix(POLICY_INTERFACE)
             .and_then(|rest| rest.strip_prefix('@'))
         {
-            let version = Version::parse(version).map_err(|e| {
-                format!("it exports {export}, whose version is not semver ({e})")
-            })?;
+            let version = Version::parse(version)
+                .map_err(|e| format!("it exports {export}, whose version is not semver ({e})"))?;
             module_for(&version)?;
             return Ok(version);
         }
@@ -132,7 +131,10 @@ impl PluginPre {
         }
     }
 
-    pub(crate) async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Plugin> {
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Plugin> {
         match self {
             Self::V0_1(pre) => Ok(Plugin::V0_1(pre.instantiate_async(store).await?)),
         }
@@ -175,7 +177,10 @@ mod tests {
         }
         for refused in ["0.2.0", "1.0.0", "0.10.0", "0.0.9", "0.1.1-rc.1"] {
             let err = module_for(&v(refused)).unwrap_err();
-            assert!(err.contains(&format!("built for {POLICY_INTERFACE}@{refused}")), "{err}");
+            assert!(
+                err.contains(&format!("built for {POLICY_INTERFACE}@{refused}")),
+                "{err}"
+            );
         }
     }
 

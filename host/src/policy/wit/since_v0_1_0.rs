@@ -20,7 +20,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-use sifr::policy::types as wit;
+use self::sifr::policy::types as wit;
 
 /// The first release of this contract.
 pub(crate) const SINCE: Version = Version::new(0, 1, 0);
@@ -110,11 +110,11 @@ fn source_from_wit(s: wit::Source) -> RawSource {
 }
 
 /// The types interface has no functions; the host only has to name it.
-impl sifr::policy::types::Host for HostState {}
+impl self::sifr::policy::types::Host for HostState {}
 
-impl sifr::policy::host::Host for HostState {
-    fn log(&mut self, level: sifr::policy::host::Level, message: String) {
-        use sifr::policy::host::Level;
+impl self::sifr::policy::host::Host for HostState {
+    fn log(&mut self, level: self::sifr::policy::host::Level, message: String) {
+        use self::sifr::policy::host::Level;
         let level = match level {
             Level::Trace => LogLevel::Trace,
             Level::Debug => LogLevel::Debug,
