@@ -789,6 +789,9 @@ pub struct Search {
     pub invoked_as: String,
     /// The front itself (the sifr binary): never a candidate.
     pub front: Option<FileId>,
+    /// The directory the front was invoked from, when argv[0] names one:
+    /// nothing in it is a candidate.
+    pub front_dir: Option<PathBuf>,
 }
 
 /// Find the real apptainer: `$SIFR_APPTAINER`, the config's `[apptainer]
@@ -821,14 +824,33 @@ pub fn find_real(search: &Search) -> Result<RealApptainer, FindError> {
     }
     let mut names = vec![search.invoked_as.as_str()];
     names.extend(NAMES.iter().filter(|n| **n != search.invoked_as));
+    let dirs: Vec<PathBuf> =
+        std::env::split_paths(search.path.as_deref().unwrap_or_default()).collect();
+    // A front directory is one with a link to the front under either name
+    // (or the one argv[0] names): whatever else it holds under these names
+    // (a copy of sifr, say) is the front too, never the real apptainer.
+    let same_dir = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let front_dirs: Vec<&PathBuf> = dirs
+        .iter()
+        .filter(|dir| {
+            NAMES.iter().any(|name| is_front(&dir.join(name)))
+                || search
+                    .front_dir
+                    .as_deref()
+                    .is_some_and(|f| same_dir(f, dir))
+        })
+        .collect();
     let mut skipped = Vec::new();
     for name in names {
-        for dir in std::env::split_paths(search.path.as_deref().unwrap_or_default()) {
+        for dir in &dirs {
             let candidate = dir.join(name);
             if !is_executable(&candidate) {
                 continue;
             }
-            if is_front(&candidate) {
+            if is_front(&candidate) || front_dirs.contains(&dir) {
                 skipped.push(candidate);
                 continue;
             }
@@ -1210,6 +1232,24 @@ mod tests {
             found.skipped,
             [front.join("apptainer"), front.join("singularity")]
         );
+        // A copy of sifr beside a front link is the front as well.
+        let copied = dir.path().join("copied");
+        std::fs::create_dir(&copied).unwrap();
+        std::os::unix::fs::symlink(&sifr, copied.join("apptainer")).unwrap();
+        std::fs::copy(&sifr, copied.join("singularity")).unwrap();
+        let with_copy = Search {
+            path: Some(std::env::join_paths([&copied, &real_dir]).unwrap()),
+            ..search.clone()
+        };
+        assert_eq!(find_real(&with_copy).unwrap().path, real);
+        // So is anything in the directory argv[0] named.
+        let named = Search {
+            path: Some(std::env::join_paths([&copied, &real_dir]).unwrap()),
+            front: None,
+            front_dir: Some(copied.clone()),
+            ..search.clone()
+        };
+        assert_eq!(find_real(&named).unwrap().path, real);
 
         let only_front = Search {
             path: Some(front.clone().into_os_string()),

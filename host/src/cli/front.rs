@@ -87,8 +87,9 @@ fn install(dir: &Path, force: bool) -> Result<u8> {
     Ok(0)
 }
 
-/// The real apptainer, for the name the front answers to.
-fn search(invoked_as: &str, config: Option<&Config>) -> Search {
+/// The real apptainer, for the name the front answers to. `as_front`:
+/// this process is the front, so the directory argv[0] names is its own.
+fn search(invoked_as: &str, config: Option<&Config>, as_front: bool) -> Search {
     Search {
         env: std::env::var_os("SIFR_APPTAINER")
             .filter(|v| !v.is_empty())
@@ -97,6 +98,11 @@ fn search(invoked_as: &str, config: Option<&Config>) -> Search {
         path: std::env::var_os("PATH"),
         invoked_as: invoked_as.to_string(),
         front: FileId::current_exe(),
+        front_dir: std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .filter(|argv0| as_front && argv0.components().count() > 1)
+            .and_then(|argv0| argv0.parent().map(Path::to_path_buf)),
     }
 }
 
@@ -124,7 +130,7 @@ fn status(args: &[String]) -> Result<u8> {
             None
         }
     };
-    let real = find_real(&search("apptainer", config.as_ref()));
+    let real = find_real(&search("apptainer", config.as_ref(), false));
     match &real {
         Ok(real) => println!("real apptainer: {}", describe_real(real)),
         Err(e) => println!("real apptainer: none: {e}"),
@@ -216,7 +222,7 @@ pub fn main(invoked_as: &str) -> ExitCode {
         );
     }
     let config = Config::load(&ConfigSources::standard(None));
-    let real = match find_real(&search(invoked_as, config.as_ref().ok())) {
+    let real = match find_real(&search(invoked_as, config.as_ref().ok(), true)) {
         Ok(real) => real,
         Err(e) => return fatal(&e.to_string(), exit::NO_APPTAINER),
     };
