@@ -270,6 +270,51 @@ fn a_signal_reaches_a_taken_over_action_and_the_front_dies_of_it() {
     assert_eq!(status.signal(), Some(15), "{status:?}");
 }
 
+/// A signal to the front while it pulls (scancel, an engine's timeout)
+/// stops the pull: apptainer's process group is stopped, nothing is left
+/// in the cache or at DEST, and the front dies of the signal.
+#[test]
+fn a_signal_stops_a_pull_through_the_front_and_leaves_nothing() {
+    let m = Machine::new();
+    let hold = m.path().join("release");
+    let _release = common::TouchOnDrop(hold.clone());
+    let pids = m.path().join("pids");
+    let reaper = common::Reaper(pids.clone());
+    let mut child = m
+        .apptainer(&["pull", "--name", "x.simg", "docker://example.test/a:1"])
+        .env("APPTAINER_DOUBLE_HOLD", &hold)
+        .env("APPTAINER_DOUBLE_PID_FILE", &pids)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until(
+        "the double's pull to begin",
+        Duration::from_secs(60),
+        || pulls(&m.log).len() == 1,
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = common::wait_within(&mut child, Duration::from_secs(60));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    common::wait_until(
+        "the pull's processes to end",
+        Duration::from_secs(30),
+        || {
+            common::recorded_pids(&pids)
+                .iter()
+                .all(|&pid| !common::process_running(pid))
+        },
+    );
+    drop(reaper);
+    assert!(!m.path().join("x.simg").exists());
+    assert!(m.blobs().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(m.cache().join("tmp"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn pulls_with_name_in_two_workflow_directories_make_one_pull() {
     let m = Machine::new();

@@ -10,6 +10,8 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Context as _, Result};
 use sifr::front::{
@@ -18,6 +20,7 @@ use sifr::front::{
 };
 use sifr::policy::host_arch;
 use sifr::{Config, ConfigSources, Context, ImageRef, Progress, Purpose, Runtime, RuntimeOptions};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::{Globals, exit};
 
@@ -283,14 +286,37 @@ fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error>
     let pull_timeout = std::env::var("SIFR_PULL_TIMEOUT")
         .ok()
         .and_then(|t| humantime::parse_duration(&t).ok());
+    // A signal during a pull (Ctrl-C, scancel, an engine's timeout) stops
+    // it: apptainer runs in a process group of its own, which sifr stops
+    // and whose temporary file it removes (see `pull_failed`).
+    let cancel = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register_usize(signal, cancel.clone(), signal as usize).map_err(
+            |e| sifr::Error::Io {
+                what: "cannot catch signals".into(),
+                source: e,
+            },
+        )?;
+    }
     Runtime::new(
         config,
         RuntimeOptions {
             apptainer: Some(real.path.clone()),
             pull_timeout,
+            cancel: Some(cancel),
             ..RuntimeOptions::default()
         },
     )
+}
+
+/// A failed pull: one FATAL line, or, when a signal stopped it, the death
+/// apptainer would have died (128 + the signal if that cannot be).
+fn pull_failed(e: &sifr::Error) -> ExitCode {
+    if let Some(signal) = sifr::runtime::interrupted_by(e) {
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
+        return ExitCode::from(u8::try_from(128 + signal).unwrap_or(exit::FAILURE));
+    }
+    fatal(&e.to_string(), super::sifr_exit_code(e))
 }
 
 /// Progress in apptainer's style (`INFO:`, `WARNING:`) on stderr.
@@ -377,7 +403,7 @@ fn front_pull(
     }
     let pulled = match runtime.pull(&image, Purpose::Pull, &mut progress(request.quiet)) {
         Ok(pulled) => pulled,
-        Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
+        Err(e) => return pull_failed(&e),
     };
     let Some(blob) = pulled.verified_blob() else {
         return fatal(
@@ -477,7 +503,7 @@ fn front_action(
     // Held (eviction waits) until apptainer exits.
     let pulled = match runtime.pull(&image, Purpose::Run, &mut progress(request.quiet)) {
         Ok(pulled) => pulled,
-        Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
+        Err(e) => return pull_failed(&e),
     };
     // Not `pulled.path`: apptainer opens what it is given later, by path,
     // and in a shared cache that path could name another file by then.
@@ -527,7 +553,7 @@ fn front_action(
 /// timeout) are passed on. Its exit code is the front's; if it died of a
 /// signal, the front dies of the same one.
 fn run_forwarding(real: &Path, argv: &[String]) -> std::io::Result<ExitCode> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    use signal_hook::consts::SIGQUIT;
     use signal_hook::iterator::SignalsInfo;
     use signal_hook::iterator::exfiltrator::WithOrigin;
     use std::os::unix::process::ExitStatusExt;
