@@ -390,6 +390,25 @@ fn pull_destinations_force_and_build() {
     ok(&mut m.apptainer(&["build", "built.sif", uri]));
     assert!(is_sif(&m.path().join("built.sif")));
     assert_eq!(pulls(&m.log).len(), 1, "all from one pull");
+
+    // --disable-cache: apptainer's own layer cache is off for sifr's pull.
+    let env_log = m.path().join("env.log");
+    ok(
+        m.apptainer(&["pull", "--disable-cache", "docker://example.test/other:1"])
+            .env("APPTAINER_DOUBLE_ENV_LOG", &env_log),
+    );
+    assert!(is_sif(&m.path().join("other_1.sif")));
+    let pull_env: serde_json::Value = std::fs::read_to_string(&env_log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|entry| entry["argv"][0] == "pull")
+        .unwrap();
+    assert_eq!(
+        pull_env["env"]["APPTAINER_DISABLE_CACHE"], "true",
+        "{pull_env}"
+    );
+    assert_eq!(pulls(&m.log).len(), 2);
 }
 
 #[test]
@@ -437,6 +456,24 @@ fn a_docker_image_of_an_action_becomes_the_cached_sif() {
         "echo nextflow",
     ]));
     assert_eq!(stdout(&out), "nextflow\n");
+    assert_eq!(pulls(&m.log).len(), 1, "cached");
+
+    // run, shell, inspect and test get the cached SIF the same way (the
+    // double implements only run of them; its log shows what apptainer got).
+    for command in [
+        &["run", "--cleanenv"][..],
+        &["shell", "-s", "/bin/sh"],
+        &["inspect", "--json"],
+        &["test"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("docker://example.test/busybox:1");
+        let _ = run(&mut m.apptainer(&args));
+        let last = double_log(&m.log).pop().unwrap();
+        let mut expected: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+        expected.push(blobs[0].display().to_string());
+        assert_eq!(last, expected, "{command:?}");
+    }
     assert_eq!(pulls(&m.log).len(), 1, "cached");
 }
 
