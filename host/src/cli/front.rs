@@ -215,10 +215,10 @@ pub fn main(invoked_as: &str) -> ExitCode {
     {
         return fatal(
             &format!(
-                "recursion: {} (started by sifr's front) ran `{invoked_as}` again, and PATH led \
-                 back to the front; point SIFR_APPTAINER or `[apptainer] path` in the site \
-                 config at the real apptainer binary, not at a wrapper that runs `{invoked_as}` \
-                 from PATH",
+                "recursion: {}, which sifr's front started, ran `{invoked_as}` again and \
+                 reached the front (through PATH, or by its path); point SIFR_APPTAINER or \
+                 `[apptainer] path` in the site config at the real apptainer binary, not at a \
+                 wrapper that runs `{invoked_as}` or the front",
                 Path::new(&real).display()
             ),
             exit::NO_APPTAINER,
