@@ -215,6 +215,33 @@ fn a_swap_after_the_check_cannot_change_what_apptainer_runs() {
 }
 
 #[test]
+fn a_run_through_a_private_link_leaves_the_record_matching_its_blob() {
+    let env = Env::new();
+    let blob = env.pull();
+    chmod(&env.cache().join("blobs/sha256"), 0o777);
+    let out = env.sifr(&["run", IMAGE]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        ran(&env.ran)[0].0.contains("/run/"),
+        "not run through a private link: {:?}",
+        ran(&env.ran)
+    );
+    // Making and removing the link changed the blob's ctime; the record
+    // follows, so the next hit does not re-hash the whole file.
+    let index = env.cache().join("index");
+    let record = std::fs::read_dir(&index).unwrap().next().unwrap().unwrap();
+    let entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    let meta = std::fs::metadata(&blob).unwrap();
+    let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+    assert_eq!(
+        entry["stamp"]["ctime_ns"].as_i64().map(i128::from),
+        Some(ctime),
+        "{entry}"
+    );
+}
+
+#[test]
 fn with_no_path_others_cannot_swap_sifr_refuses_to_run_and_names_the_directory() {
     let env = Env::new();
     env.pull();

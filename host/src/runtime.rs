@@ -541,9 +541,15 @@ impl Runtime {
             )
         })?;
         let argv = Apptainer::run_args(mode, sif.path(), options, args);
-        apptainer
+        let code = apptainer
             .run(&argv, &options.host_env)
-            .map_err(|e| Error::io(format!("running {}", apptainer.path.display()), e))
+            .map_err(|e| Error::io(format!("running {}", apptainer.path.display()), e));
+        if sif.is_link() {
+            drop(sif);
+            // Best effort: at worst, the next hit re-hashes the file.
+            let _ = self.cache.restamp_after_link(&pulled.entry, &blob);
+        }
+        code
     }
 
     /// Hold a released [`Pulled`] again, and check that the cache still has

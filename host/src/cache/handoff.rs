@@ -68,6 +68,11 @@ impl RunnableSif {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether this is a private link (see [`crate::cache::Cache::restamp_after_link`]).
+    pub fn is_link(&self) -> bool {
+        self.link.is_some()
+    }
 }
 
 impl Drop for RunnableSif {
