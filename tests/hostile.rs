@@ -373,6 +373,13 @@ fn load_failure(wasm: &Path, sandbox: &str) -> sifr::PluginFailure {
     }
 }
 
+/// What loading the component `build` writes ends in, with a deadline
+/// generous enough that the limit under test trips, not the clock.
+fn load_failure_of(build: impl FnOnce(&Path) -> std::path::PathBuf) -> sifr::PluginFailure {
+    let scratch = Scratch::new();
+    load_failure(&build(scratch.path()), "timeout-ms = 10000")
+}
+
 const HOUR_BOUND: Duration = Duration::from_secs(120);
 
 #[test]
@@ -464,9 +471,7 @@ fn fail_open_does_not_wait_for_a_sleeping_plugin() {
 fn all_memories_of_a_plugin_share_one_budget() {
     // 7 memories besides the main one, 40 MiB each: each fits in 64 MiB,
     // together they do not.
-    let scratch = Scratch::new();
-    let wasm = components::many_memories(scratch.path(), 7, 40);
-    let f = load_failure(&wasm, "timeout-ms = 10000");
+    let f = load_failure_of(|dir| components::many_memories(dir, 7, 40));
     assert_eq!(
         f.kind,
         FailureKind::OutOfMemory {
@@ -482,9 +487,7 @@ fn all_memories_of_a_plugin_share_one_budget() {
 
 #[test]
 fn the_number_of_memories_is_bounded() {
-    let scratch = Scratch::new();
-    let wasm = components::many_memories(scratch.path(), 16, 0);
-    let f = load_failure(&wasm, "timeout-ms = 10000");
+    let f = load_failure_of(|dir| components::many_memories(dir, 16, 0));
     assert_eq!(
         f.kind,
         FailureKind::ResourceLimit("more than 8 memories".into()),
@@ -494,9 +497,7 @@ fn the_number_of_memories_is_bounded() {
 
 #[test]
 fn table_elements_are_bounded_over_all_tables() {
-    let scratch = Scratch::new();
-    let wasm = components::many_tables(scratch.path(), 2, 60_000);
-    let f = load_failure(&wasm, "timeout-ms = 10000");
+    let f = load_failure_of(|dir| components::many_tables(dir, 2, 60_000));
     assert_eq!(
         f.kind,
         FailureKind::ResourceLimit("more than 100000 table elements in all".into()),
@@ -506,9 +507,7 @@ fn table_elements_are_bounded_over_all_tables() {
 
 #[test]
 fn the_number_of_tables_is_bounded() {
-    let scratch = Scratch::new();
-    let wasm = components::many_tables(scratch.path(), 100, 1_000);
-    let f = load_failure(&wasm, "timeout-ms = 10000");
+    let f = load_failure_of(|dir| components::many_tables(dir, 100, 1_000));
     assert_eq!(
         f.kind,
         FailureKind::ResourceLimit("more than 64 tables".into()),
