@@ -496,6 +496,21 @@ fn the_number_of_memories_is_bounded() {
 }
 
 #[test]
+fn the_number_of_core_instances_is_bounded() {
+    let f = load_failure_of(|dir| components::many_instances(dir, 100));
+    assert_eq!(
+        f.kind,
+        FailureKind::ResourceLimit("more than 64 instances".into()),
+        "{f}"
+    );
+    // The same component with a few extra instances loads: the count is
+    // what is refused.
+    let scratch = Scratch::new();
+    let few = components::many_instances(scratch.path(), 4);
+    assert!(policy_of(&scratch, &few, "timeout-ms = 10000").is_ok());
+}
+
+#[test]
 fn table_elements_are_bounded_over_all_tables() {
     let f = load_failure_of(|dir| components::many_tables(dir, 2, 60_000));
     assert_eq!(

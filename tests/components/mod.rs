@@ -119,6 +119,21 @@ pub fn many_tables(dir: &Path, tables: usize, elements: u32) -> PathBuf {
     write(dir, &format!("tables-{tables}x{elements}.wasm"), &wasm)
 }
 
+/// A plain plugin with `extra` empty core instances appended: the
+/// component is printed as WAT and the instances added at its end, so no
+/// index it already uses moves.
+pub fn many_instances(dir: &Path, extra: usize) -> PathBuf {
+    let plain = component(&module("", ""), PLAIN_WORLD);
+    let text = wasmprinter::print_bytes(&plain).unwrap();
+    let end = text.rfind(')').unwrap();
+    let mut more = String::from("(core module $empty)\n");
+    for _ in 0..extra {
+        more.push_str("(core instance (instantiate $empty))\n");
+    }
+    let wasm = wat::parse_str(format!("{}{more})", &text[..end])).unwrap();
+    write(dir, &format!("instances-{extra}.wasm"), &wasm)
+}
+
 /// A start function that waits an hour on a WASI clock: it blocks while
 /// the component is being instantiated, before `configure` is ever called.
 pub fn blocking_start(dir: &Path) -> PathBuf {
