@@ -570,3 +570,72 @@ fn a_co_user_s_planted_blob_and_record_are_not_run_unless_trusted() {
     assert_eq!(ran[1].1.as_deref(), Some("trusted-b"));
     assert_eq!(users.pulls(), 2, "a hit: no pull");
 }
+
+#[test]
+#[cfg_attr(
+    not(sifr_e2e),
+    ignore = "needs root, useradd and setpriv (util-linux); runs under SIFR_E2E=1"
+)]
+fn compiled_plugins_never_live_in_a_shared_cache_and_a_co_user_s_are_not_loaded() {
+    let Some(users) = TwoUsers::new() else {
+        return;
+    };
+    users.set_up();
+    let (a, b) = (&users.a, &users.b);
+    let artifact = |user: &str| -> String {
+        let out = users.sifr(user, &["plugin", "ls", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["plugins"][0]["artifact"].as_str().unwrap().to_string()
+    };
+    let cwasm_in = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // B compiles; the native code goes to B's own cache, not the shared one.
+    assert_eq!(artifact(b), "compiled");
+    let shared = users.cache().join("plugins");
+    assert!(
+        cwasm_in(&shared).is_empty(),
+        "native code in the shared root"
+    );
+    let b_own = users.base().join(b).join("xdg-cache/sifr/plugins");
+    let b_artifacts = cwasm_in(&b_own);
+    assert_eq!(b_artifacts.len(), 1, "{}", b_own.display());
+
+    // B plants it where an old sifr would have looked for A's, under the
+    // same name (the default plugin is the same wasm for both).
+    let sh = |script: &str| {
+        let out = common::output_within(
+            &mut users.as_user(b, Path::new("/bin/sh"), &["-c", script]),
+            PATIENCE,
+        );
+        assert!(out.status.success(), "{b}: {script}: {}", stderr(&out));
+    };
+    sh(&format!(
+        "mkdir -p -m 0700 {0} && cp {1} {0}/",
+        shared.display(),
+        b_artifacts[0].display()
+    ));
+
+    // A compiles its own, keeps it privately, and loads that next time.
+    assert_eq!(artifact(a), "compiled");
+    let a_own = users.base().join(a).join("xdg-cache/sifr/plugins");
+    assert_eq!(cwasm_in(&a_own).len(), 1, "{}", a_own.display());
+    let mode = std::fs::metadata(&a_own).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "A's compiled plugins are A's alone");
+    assert_eq!(artifact(a), "cache-hit");
+    let planted = cwasm_in(&shared);
+    assert_eq!(planted.len(), 1);
+    assert_eq!(
+        std::fs::metadata(&planted[0]).unwrap().uid(),
+        users.uid(b),
+        "A wrote nothing into the shared root"
+    );
+}
