@@ -186,6 +186,25 @@ impl Globals {
     }
 }
 
+/// `--purpose`: what the image is wanted for. The library's `Purpose`
+/// knows nothing of clap; this is its face on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PurposeArg {
+    /// `sifr pull`: the image is to be fetched.
+    Pull,
+    /// `sifr run`/`exec`: the image is to be fetched if not cached, then run.
+    Run,
+}
+
+impl From<PurposeArg> for sifr::Purpose {
+    fn from(purpose: PurposeArg) -> Self {
+        match purpose {
+            PurposeArg::Pull => sifr::Purpose::Pull,
+            PurposeArg::Run => sifr::Purpose::Run,
+        }
+    }
+}
+
 pub fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "trace",
@@ -265,4 +284,10 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// The standard config layers with `--config` and `$SIFR_CONFIG`: the CLI
+/// reads the environment, and hands the library plain values.
+pub fn config_sources(cli: Option<std::path::PathBuf>) -> sifr::ConfigSources {
+    sifr::ConfigSources::standard(cli, std::env::var_os("SIFR_CONFIG").map(Into::into))
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use sifr::policy::{ArtifactOrigin, LoadedPlugin, Outcome, StepOutcome};
 use sifr::{
     Config, ConfigSources, Context, ImageRef, OnError, PluginSource, PluginSpec, Policy,
-    PolicyOptions, Purpose, SandboxLimits,
+    PolicyOptions, SandboxLimits,
 };
 
 use super::{Globals, exit, level_name};
@@ -61,7 +61,7 @@ pub struct CheckArgs {
 
     /// What the image is wanted for.
     #[arg(long, value_enum, default_value = "pull")]
-    purpose: Purpose,
+    purpose: super::PurposeArg,
 
     /// Print JSON.
     #[arg(long)]
@@ -89,7 +89,7 @@ fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
 }
 
 fn ls(globals: &Globals, json: bool) -> Result<u8> {
-    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let config = Config::load(&super::config_sources(globals.config.clone()))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
         .context("loading the policy chain")?;
     if json {
@@ -161,7 +161,7 @@ fn check(args: CheckArgs) -> Result<u8> {
     };
     let policy = Policy::load_single(&spec, limits, &PolicyOptions::standard())?;
     let plugin = &policy.plugins()[0];
-    let ctx = Context::new(args.purpose);
+    let ctx = Context::new(args.purpose.into());
 
     let mut code = 0;
     let mut results = Vec::new();

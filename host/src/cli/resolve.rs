@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 use sifr::policy::{Outcome, Step, StepOutcome};
 use sifr::{
-    Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose, Resolution, Source,
+    Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Resolution, Source,
 };
 
 use super::{Globals, exit, level_name};
@@ -28,7 +28,7 @@ pub struct Args {
 
     /// What the image is wanted for; plugins may decide differently.
     #[arg(long, value_enum, default_value = "pull")]
-    purpose: Purpose,
+    purpose: super::PurposeArg,
 
     /// Target architecture, in OCI terms [default: this machine's].
     #[arg(long, value_name = "ARCH")]
@@ -36,10 +36,10 @@ pub struct Args {
 }
 
 pub fn run(globals: &Globals, args: Args) -> Result<u8> {
-    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let config = Config::load(&super::config_sources(globals.config.clone()))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
         .context("loading the policy chain")?;
-    let mut ctx = Context::new(args.purpose);
+    let mut ctx = Context::new(args.purpose.into());
     if let Some(arch) = args.arch {
         ctx.arch = arch;
     }

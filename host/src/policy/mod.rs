@@ -35,7 +35,7 @@ pub fn api_versions() -> Vec<semver::Version> {
 }
 
 /// Why the host is asking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Purpose {
     Pull,
