@@ -1534,5 +1534,8 @@ fn a_drop_in_is_checked_like_a_file_and_named_by_its_path() {
         }
     }
     // The CLI's root is the real one.
-    assert_eq!(sifr::ConfigSources::standard(None).containers_root, None);
+    assert_eq!(
+        sifr::ConfigSources::standard(None, None).containers_root,
+        None
+    );
 }

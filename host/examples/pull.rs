@@ -17,8 +17,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let image = ImageRef::parse(&args.next().ok_or("usage: pull IMAGE [COMMAND...]")?)?;
     let command: Vec<String> = args.collect();
 
-    let config = Config::load(&ConfigSources::standard(None))?;
-    let runtime = Runtime::new(config, RuntimeOptions::default())?;
+    // The library reads no environment variable: the program hands it
+    // the ones it honours.
+    let env = |name| std::env::var_os(name).map(Into::into);
+    let config = Config::load(&ConfigSources::standard(None, env("SIFR_CONFIG")))?;
+    let options = RuntimeOptions {
+        apptainer_env: env("SIFR_APPTAINER"),
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::new(config, options)?;
 
     // What the policy plans, without pulling.
     for source in runtime

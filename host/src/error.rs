@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::config::ConfigError;
 use crate::reference::GrammarError;
 
 /// Anything the sifr library can fail with.
@@ -46,7 +47,7 @@ pub enum Error {
     )]
     PullFailed {
         image: String,
-        attempts: Vec<crate::runtime::Attempt>,
+        attempts: Vec<crate::apptainer::Attempt>,
     },
 
     /// An I/O error outside the plugins (compile cache and the like).
@@ -65,16 +66,6 @@ impl Error {
             source,
         }
     }
-}
-
-/// A config file problem, with its location when there is one.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
-pub struct ConfigError {
-    pub path: PathBuf,
-    /// 1-based line and column.
-    pub location: Option<(usize, usize)>,
-    pub message: String,
 }
 
 /// Why a plugin did not load.

@@ -6,7 +6,9 @@
 //! ```no_run
 //! use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Purpose};
 //!
-//! let config = Config::load(&ConfigSources::standard(None))?;
+//! // `--config` and `$SIFR_CONFIG`, read by the program: the library reads
+//! // no environment variable of its own accord.
+//! let config = Config::load(&ConfigSources::standard(None, std::env::var_os("SIFR_CONFIG").map(Into::into)))?;
 //! let policy = Policy::load(&config, &PolicyOptions::standard())?;
 //! let image = ImageRef::parse("ncbi/blast:2.14.0")?;
 //! for source in policy.resolve(&image, &Context::new(Purpose::Pull)).into_plan()? {

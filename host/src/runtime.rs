@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::apptainer::Attempt;
 use crate::apptainer::{Apptainer, AttemptFailure, RunMode, RunOptions};
 use crate::cache::{
     Cache, Entry, Identity, ImageLock, LockMode, Lookup, Untrusted, VerifiedBlob, Wait, unix_now,
@@ -121,18 +122,14 @@ fn interrupted(signal: i32) -> Error {
     )
 }
 
-/// One failed pull attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub uri: String,
-    pub failure: AttemptFailure,
-}
-
 /// Where things are, and how long a pull may take.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
-    /// `--apptainer`: wins over `SIFR_APPTAINER` and the config.
+    /// `--apptainer`: wins over `apptainer_env` and the config.
     pub apptainer: Option<PathBuf>,
+    /// `$SIFR_APPTAINER`, as the CLI passes it: wins over the config's
+    /// `[apptainer] path`. The library reads no environment variable.
+    pub apptainer_env: Option<PathBuf>,
     /// The cache root; default [`crate::cache_root_for`].
     pub cache_dir: Option<PathBuf>,
     /// Per-attempt limit; default the config's, else 20 minutes. Waiting
@@ -199,6 +196,7 @@ impl Runtime {
         }
         let found = crate::apptainer::discover(
             self.options.apptainer.as_deref(),
+            self.options.apptainer_env.as_deref(),
             self.config.apptainer.as_deref(),
         )?;
         Ok(self.apptainer.get_or_init(|| found))

@@ -145,8 +145,13 @@ impl SifrRuntime {
     /// (`/etc/sifr/config.toml`, the user's, `$SIFR_CONFIG`) and cache
     /// (`$SIFR_CACHE_DIR`, …), and apptainer found as `sifr` finds it.
     pub fn from_environment() -> std::result::Result<Self, Error> {
-        let config = Config::load(&ConfigSources::standard(None))?;
-        Self::new(config, RuntimeOptions::default())
+        let env = |name| std::env::var_os(name).map(Into::into);
+        let config = Config::load(&ConfigSources::standard(None, env("SIFR_CONFIG")))?;
+        let options = RuntimeOptions {
+            apptainer_env: env("SIFR_APPTAINER"),
+            ..RuntimeOptions::default()
+        };
+        Self::new(config, options)
     }
 
     /// Wrap a runtime an embedder built.

@@ -89,7 +89,10 @@ pub enum Command {
 }
 
 fn open(globals: &Globals) -> Result<Cache> {
-    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let config = Config::load(&ConfigSources::standard(
+        globals.config.clone(),
+        super::config_env(),
+    ))?;
     let root = sifr::cache_root_for(&config)
         .context("no cache directory: set SIFR_CACHE_DIR or `[cache] dir` in the config")?;
     Cache::open(&root).with_context(|| format!("opening the cache at {}", root.display()))

@@ -111,7 +111,7 @@ fn search(invoked_as: &str, config: Option<&Config>, as_front: bool) -> Search {
 
 fn status(args: &[String]) -> Result<u8> {
     let sifr = std::env::current_exe().context("cannot tell where this sifr binary is")?;
-    let config = Config::load(&ConfigSources::standard(None));
+    let config = Config::load(&ConfigSources::standard(None, super::config_env()));
     let own = FileId::current_exe();
     println!("sifr: {}", sifr.display());
     for name in sifr::front::NAMES {
@@ -224,7 +224,7 @@ pub fn main(invoked_as: &str) -> ExitCode {
             exit::NO_APPTAINER,
         );
     }
-    let config = Config::load(&ConfigSources::standard(None));
+    let config = Config::load(&ConfigSources::standard(None, super::config_env()));
     let real = match find_real(&search(invoked_as, config.as_ref().ok(), true)) {
         Ok(real) => real,
         Err(e) => return fatal(&e.to_string(), exit::NO_APPTAINER),
@@ -636,7 +636,7 @@ fn explain(invoked_as: &str, real: &RealApptainer, args: &[String]) -> Result<St
             (request.reference.clone(), Purpose::Run, None)
         }
     };
-    let config = Config::load(&ConfigSources::standard(None))?;
+    let config = Config::load(&ConfigSources::standard(None, super::config_env()))?;
     let runtime = runtime(config, real)?;
     let image = ImageRef::parse(&reference)?;
     let mut ctx = Context::new(purpose);

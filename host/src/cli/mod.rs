@@ -205,6 +205,17 @@ impl From<PurposeArg> for sifr::Purpose {
     }
 }
 
+/// `$SIFR_CONFIG`, for `ConfigSources::standard`: the CLI reads the
+/// environment and hands the library plain values.
+pub fn config_env() -> Option<std::path::PathBuf> {
+    std::env::var_os("SIFR_CONFIG").map(Into::into)
+}
+
+/// `$SIFR_APPTAINER`, for `RuntimeOptions::apptainer_env`.
+pub fn apptainer_env() -> Option<std::path::PathBuf> {
+    std::env::var_os("SIFR_APPTAINER").map(Into::into)
+}
+
 pub fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "trace",
@@ -284,10 +295,4 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
-}
-
-/// The standard config layers with `--config` and `$SIFR_CONFIG`: the CLI
-/// reads the environment, and hands the library plain values.
-pub fn config_sources(cli: Option<std::path::PathBuf>) -> sifr::ConfigSources {
-    sifr::ConfigSources::standard(cli, std::env::var_os("SIFR_CONFIG").map(Into::into))
 }

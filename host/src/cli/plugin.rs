@@ -89,7 +89,10 @@ fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
 }
 
 fn ls(globals: &Globals, json: bool) -> Result<u8> {
-    let config = Config::load(&super::config_sources(globals.config.clone()))?;
+    let config = Config::load(&ConfigSources::standard(
+        globals.config.clone(),
+        super::config_env(),
+    ))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
         .context("loading the policy chain")?;
     if json {

@@ -98,11 +98,15 @@ fn parse_env(s: &str) -> Result<String, String> {
 }
 
 fn runtime(globals: &Globals, options: &PullOptions, cancel: &Cancel) -> Result<Runtime> {
-    let config = Config::load(&ConfigSources::standard(globals.config.clone()))?;
+    let config = Config::load(&ConfigSources::standard(
+        globals.config.clone(),
+        super::config_env(),
+    ))?;
     Ok(Runtime::new(
         config,
         RuntimeOptions {
             apptainer: options.apptainer.clone(),
+            apptainer_env: super::apptainer_env(),
             cache_dir: None,
             pull_timeout: options.pull_timeout,
             cancel: Some(cancel.0.clone()),

@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use sifr::policy::{Outcome, Step, StepOutcome};
-use sifr::{
-    Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Resolution, Source,
-};
+use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Resolution, Source};
 
 use super::{Globals, exit, level_name};
 
@@ -36,7 +34,10 @@ pub struct Args {
 }
 
 pub fn run(globals: &Globals, args: Args) -> Result<u8> {
-    let config = Config::load(&super::config_sources(globals.config.clone()))?;
+    let config = Config::load(&ConfigSources::standard(
+        globals.config.clone(),
+        super::config_env(),
+    ))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
         .context("loading the policy chain")?;
     let mut ctx = Context::new(args.purpose.into());

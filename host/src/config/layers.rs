@@ -1,0 +1,210 @@
+//! Which config files are read, and how their layers combine: see the
+//! [module docs](super).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{SandboxToml, line_col, parse_layer};
+use super::plugin_spec::plugin_spec;
+use super::{Config, ConfigError, PluginSpec, SITE_CONFIG, SandboxLimits};
+
+/// Which layer a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Site,
+    User,
+    Env,
+    Cli,
+}
+
+/// The files to read, in order. Build one with [`ConfigSources::standard`],
+/// or name files yourself (embedders and tests).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// Skipped when missing.
+    pub site: Option<PathBuf>,
+    /// Skipped when missing.
+    pub user: Option<PathBuf>,
+    /// Must exist.
+    pub env: Option<PathBuf>,
+    /// Must exist.
+    pub cli: Option<PathBuf>,
+    /// Where `settings-files = { KEY = "system" }` finds
+    /// `etc/containers/registries.conf` and its `registries.conf.d`
+    /// (containers/image's `RootForImplicitAbsolutePaths`); `None` is `/`.
+    /// For tests and chroots: the CLI never sets it.
+    pub containers_root: Option<PathBuf>,
+}
+
+impl ConfigSources {
+    /// The standard places: the site file, the user's XDG config, then
+    /// `env` (the CLI passes `$SIFR_CONFIG`; empty is unset) and `cli` (the
+    /// `--config` file). The library reads no environment variable itself.
+    pub fn standard(cli: Option<PathBuf>, env: Option<PathBuf>) -> Self {
+        Self {
+            site: Some(PathBuf::from(SITE_CONFIG)),
+            user: dirs::config_dir().map(|d| d.join("sifr").join("config.toml")),
+            env: env.filter(|p| !p.as_os_str().is_empty()),
+            cli,
+            containers_root: None,
+        }
+    }
+
+    /// Only the given file (no site or user layers).
+    pub fn only(path: impl Into<PathBuf>) -> Self {
+        Self {
+            cli: Some(path.into()),
+            ..Self::default()
+        }
+    }
+}
+
+impl Config {
+    /// Read and combine the layers.
+    pub fn load(sources: &ConfigSources) -> Result<Self, ConfigError> {
+        let layers = [
+            (Layer::Site, &sources.site, false),
+            (Layer::User, &sources.user, false),
+            (Layer::Env, &sources.env, true),
+            (Layer::Cli, &sources.cli, true),
+        ];
+        let mut config = Config::default();
+        let mut chain: Option<Vec<PluginSpec>> = None;
+        let mut site_locked: Vec<PluginSpec> = Vec::new();
+        let mut chain_from_site = false;
+        for (layer, path, required) in layers {
+            let Some(path) = path else { continue };
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+                Err(e) => {
+                    return Err(ConfigError {
+                        path: path.clone(),
+                        location: None,
+                        message: format!(
+                            "cannot read the config file: {e}{}",
+                            match layer {
+                                Layer::Env => "; check $SIFR_CONFIG",
+                                Layer::Cli => "; check --config",
+                                _ => "",
+                            }
+                        ),
+                    });
+                }
+            };
+            config.files.push(path.clone());
+            let file = parse_layer(path, &text)?;
+            let err = |span: Range<usize>, message: String| ConfigError {
+                path: path.clone(),
+                location: Some(line_col(&text, span.start)),
+                message,
+            };
+            if let Some(sandbox) = file.sandbox {
+                let limits = sandbox_limits(config.sandbox, sandbox, &err)?;
+                if layer == Layer::Site {
+                    config.site_sandbox = limits;
+                }
+                config.sandbox = limits;
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if let Some(apptainer) = file.apptainer {
+                if let Some(p) = apptainer.path {
+                    config.apptainer = Some(dir.join(p));
+                }
+                if let Some(timeout) = apptainer.pull_timeout {
+                    let span = timeout.span();
+                    let text = timeout.into_inner();
+                    let parsed = humantime::parse_duration(&text).map_err(|e| {
+                        err(span, format!(
+                            "pull-timeout = {text:?} is not a duration ({e}); write e.g. \"20m\" or \"1h 30m\""
+                        ))
+                    })?;
+                    config.pull_timeout = Some(parsed);
+                }
+            }
+            if let Some(cache) = file.cache {
+                if let Some(d) = cache.dir {
+                    config.cache_dir = Some(dir.join(d));
+                }
+                if let Some(owners) = cache.trusted_owners {
+                    let mut uids = Vec::with_capacity(owners.len());
+                    for owner in owners {
+                        let span = owner.span();
+                        let uid = crate::cache::owner_uid(owner.get_ref())
+                            .map_err(|m| err(span, format!("trusted-owners: {m}")))?;
+                        uids.push(uid);
+                    }
+                    config.trusted_owners = uids;
+                }
+            }
+            if let Some(entries) = file.plugin {
+                let mut specs = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let span = entry.span();
+                    let root = sources.containers_root.as_deref().unwrap_or(Path::new("/"));
+                    let spec = plugin_spec(entry.into_inner(), dir, path, layer, root)
+                        .map_err(|m| err(span, m))?;
+                    specs.push(spec);
+                }
+                if layer == Layer::Site {
+                    site_locked = specs.iter().filter(|s| s.locked).cloned().collect();
+                }
+                chain_from_site = layer == Layer::Site;
+                chain = Some(specs);
+            }
+        }
+        if let Some(mut chain) = chain {
+            if !chain_from_site {
+                chain.extend(site_locked);
+            }
+            let mut seen = std::collections::HashSet::new();
+            for spec in &chain {
+                if !seen.insert(spec.name.as_str()) {
+                    return Err(ConfigError {
+                        path: spec.declared_in.clone().unwrap_or_default(),
+                        location: None,
+                        message: format!(
+                            "plugin name '{}' is used twice in the chain; give each entry its own name \
+                             (a site-locked plugin cannot be redeclared)",
+                            spec.name
+                        ),
+                    });
+                }
+            }
+            config.plugins = chain;
+        }
+        Ok(config)
+    }
+}
+
+/// `base` with the keys of one `[sandbox]` table applied, each checked.
+fn sandbox_limits(
+    mut limits: SandboxLimits,
+    sandbox: SandboxToml,
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<SandboxLimits, ConfigError> {
+    if let Some(ms) = sandbox.timeout_ms {
+        let span = ms.span();
+        let ms = ms.into_inner();
+        if !(1..=60_000).contains(&ms) {
+            return Err(err(
+                span,
+                format!("timeout-ms = {ms} is out of range: give 1 to 60000 milliseconds"),
+            ));
+        }
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(mib) = sandbox.memory_mib {
+        let span = mib.span();
+        let mib = mib.into_inner();
+        if !(1..=4096).contains(&mib) {
+            return Err(err(
+                span,
+                format!("memory-mib = {mib} is out of range: give 1 to 4096 MiB"),
+            ));
+        }
+        limits.memory_bytes = (mib as usize) << 20;
+    }
+    Ok(limits)
+}
