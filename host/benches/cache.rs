@@ -19,7 +19,7 @@ use sifr::ImageRef;
 
 mod common;
 use common::{fmt, median, time};
-use sifr::cache::{Cache, Entry, Identity, Lookup, Stamp, sha256_file};
+use sifr::cache::{Cache, Identity, Lookup, Provenance, sha256_file};
 
 const GIB: u64 = 1 << 30;
 
@@ -67,21 +67,20 @@ fn main() {
             file.write_all(&chunk).unwrap();
         }
     }
-    let entry = Entry {
+    let provenance = Provenance {
         identity: identity.text.clone(),
         image: image.to_string(),
         arch: sifr::policy::host_arch().to_string(),
         manifest_digest: None,
-        sif_digest: String::new(),
-        size: 0,
         source_uri: "docker://bench/big:1".into(),
         source_note: "origin".into(),
         pulled_at: 0,
         apptainer_version: "bench".into(),
         plan_notes: vec![],
-        stamp: Stamp::default(),
     };
-    let entry = cache.commit(&identity, &tmp_name, entry, &mut ()).unwrap();
+    let entry = cache
+        .commit(&identity, &tmp_name, provenance, &mut ())
+        .unwrap();
     let blob = cache.blob_path(&entry);
 
     // 1. Cache hit: stamp check against a full re-hash (the seed).
@@ -98,7 +97,7 @@ fn main() {
     let rehash = time(5, || {
         let file = std::fs::File::open(&blob).unwrap();
         let hex = sha256_file(file, GIB, &mut ()).unwrap();
-        assert_eq!(format!("sha256:{hex}"), entry.sif_digest);
+        assert_eq!(hex, entry.sif_digest.hex());
     });
     println!(
         "cache hit, 1 GiB SIF, stamp check:        median {}",
@@ -140,7 +139,7 @@ fn main() {
             .arg(&blob)
             .output()
             .unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&entry.sif_digest[7..]));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(entry.sif_digest.hex()));
     });
     println!(
         "sha256 of 1 GiB: sifr median {} ({:.0} MiB/s); openssl dgst -sha256 median {} ({:.0} MiB/s); ratio {:.2}",

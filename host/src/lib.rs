@@ -36,7 +36,7 @@ pub use policy::{
     Context, Outcome, Policy, PolicyOptions, PullRef, Purpose, Resolution, Source, Step,
     StepOutcome,
 };
-pub use reference::{ImageRef, ManifestDigest, SifDigest};
+pub use reference::{ImageRef, ManifestDigest, SifDigest, SifDigestPrefix, WasmDigest};
 pub use runtime::{Progress, Pulled, Runtime, RuntimeOptions};
 
 /// sifr's cache directory: `$SIFR_CACHE_DIR`, else `$XDG_CACHE_HOME/sifr`

@@ -6,8 +6,9 @@
 //! can be read as a flag or split into two words.
 
 use std::fmt;
+use std::ops::RangeBounds;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Docker Hub's canonical registry name.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -49,6 +50,19 @@ pub struct ManifestDigest(String);
 #[serde(transparent)]
 pub struct SifDigest(String);
 
+/// The sha256 of a policy plugin's component (its `.wasm` bytes), as 64
+/// lowercase hex digits: what a `sha256` pin in the config names.
+///
+/// Shown, and serialized, as the bare hex, as `sha256sum` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct WasmDigest(String);
+
+/// The first 8 to 64 hex digits of a [`SifDigest`], lowercase: enough to
+/// name a cached SIF file, as `sifr cache ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SifDigestPrefix(String);
+
 /// Why a reference, or a part of one, is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -77,10 +91,17 @@ impl fmt::Display for ManifestDigest {
     }
 }
 
+impl<'de> Deserialize<'de> for ManifestDigest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl SifDigest {
     /// From the lowercase hex of a sha256 (64 characters).
     pub fn from_hex(hex: &str) -> Result<Self, GrammarError> {
-        if !is_lower_hex(hex, 64) {
+        if !is_lower_hex(hex, 64..=64) {
             return Err(GrammarError::new(format!(
                 "SIF digest {hex:?} is not 64 lowercase hex digits"
             )));
@@ -88,8 +109,97 @@ impl SifDigest {
         Ok(Self(format!("sha256:{hex}")))
     }
 
+    /// From `sha256:<64 lowercase hex>`, as an index record writes it.
+    pub fn parse(s: &str) -> Result<Self, GrammarError> {
+        match s.strip_prefix("sha256:") {
+            Some(hex) => Self::from_hex(hex),
+            None => Err(GrammarError::new(format!(
+                "SIF digest {s:?} is not sha256:<64 lowercase hex digits>"
+            ))),
+        }
+    }
+
+    /// `sha256:<hex>`.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The 64 hex digits alone: the blob's file name.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn starts_with(&self, prefix: &SifDigestPrefix) -> bool {
+        self.hex().starts_with(&prefix.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SifDigest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl SifDigestPrefix {
+    /// From 8 to 64 hex digits, in either case, with or without `sha256:`.
+    pub fn parse(s: &str) -> Result<Self, GrammarError> {
+        let hex = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
+        if !is_lower_hex(&hex, 8..=64) {
+            return Err(GrammarError::new(format!(
+                "{s:?} is not a SIF digest: give sha256:<hex> or 8 to 64 of its leading hex digits"
+            )));
+        }
+        Ok(Self(hex))
+    }
+}
+
+impl fmt::Display for SifDigestPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl WasmDigest {
+    /// The digest of a component's bytes.
+    pub fn of(wasm: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(hex::encode(Sha256::digest(wasm)))
+    }
+
+    /// From 64 lowercase hex digits.
+    pub fn from_hex(hex: &str) -> Result<Self, GrammarError> {
+        if !is_lower_hex(hex, 64..=64) {
+            return Err(GrammarError::new(format!(
+                "plugin digest {hex:?} is not 64 lowercase hex digits"
+            )));
+        }
+        Ok(Self(hex.to_string()))
+    }
+
+    /// A pin as a config gives it: 64 hex digits in either case, with or
+    /// without `sha256:`.
+    pub fn parse_pin(pin: &str) -> Result<Self, GrammarError> {
+        let hex = pin.strip_prefix("sha256:").unwrap_or(pin);
+        Self::from_hex(&hex.to_ascii_lowercase())
+    }
+
+    /// The 64 hex digits.
+    pub fn as_hex(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WasmDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WasmDigest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::from_hex(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -359,7 +469,7 @@ pub fn validate_digest(digest: &str) -> Result<(), GrammarError> {
             ));
         }
     };
-    if !is_lower_hex(hex, len) {
+    if !is_lower_hex(hex, len..=len) {
         return bad(format!(
             "must have exactly {len} lowercase hex digits after '{algorithm}:'"
         ));
@@ -367,8 +477,10 @@ pub fn validate_digest(digest: &str) -> Result<(), GrammarError> {
     Ok(())
 }
 
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len
+/// Whether `s` is lowercase hex digits, as many as `len` allows: the one
+/// check behind every digest, digest prefix and hex file name sifr reads.
+pub fn is_lower_hex(s: &str, len: impl RangeBounds<usize>) -> bool {
+    len.contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -547,5 +659,46 @@ mod tests {
         let sif = SifDigest::from_hex(hex).unwrap();
         assert_eq!(sif.as_str(), D);
         assert!(SifDigest::from_hex("ABC").is_err());
+        assert_eq!(sif.hex(), hex);
+        assert_eq!(SifDigest::parse(D).unwrap(), sif);
+        assert!(SifDigest::parse(hex).is_err(), "needs sha256:");
+    }
+
+    #[test]
+    fn digests_validate_when_deserialized_and_serialize_as_before() {
+        let json = format!("{D:?}");
+        let sif: SifDigest = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&sif).unwrap(), json);
+        let manifest: ManifestDigest = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&manifest).unwrap(), json);
+        for bad in ["\"sha256:abc\"", "\"md5:0123\"", "\"\""] {
+            assert!(serde_json::from_str::<SifDigest>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<ManifestDigest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let hex = &D["sha256:".len()..];
+        let wasm: WasmDigest = serde_json::from_str(&format!("{hex:?}")).unwrap();
+        assert_eq!(wasm.to_string(), hex, "shown bare, as sha256sum does");
+        assert!(serde_json::from_str::<WasmDigest>(&json).is_err());
+    }
+
+    #[test]
+    fn pins_and_prefixes_accept_either_case() {
+        let hex = &D["sha256:".len()..];
+        let pin = WasmDigest::parse_pin(&D.to_ascii_uppercase().replace("SHA256:", "sha256:"));
+        assert_eq!(pin.unwrap().as_hex(), hex);
+        assert!(WasmDigest::parse_pin("abc").is_err());
+        let sif = SifDigest::from_hex(hex).unwrap();
+        for prefix in ["01234567", "sha256:0123456789AB", hex] {
+            assert!(
+                sif.starts_with(&SifDigestPrefix::parse(prefix).unwrap()),
+                "{prefix}"
+            );
+        }
+        for bad in ["0123456", "sha256:xyz12345", &format!("{hex}0")] {
+            assert!(SifDigestPrefix::parse(bad).is_err(), "{bad}");
+        }
     }
 }

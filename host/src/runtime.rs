@@ -11,12 +11,13 @@ use serde::Serialize;
 pub use crate::apptainer::Attempt;
 use crate::apptainer::{Apptainer, AttemptFailure, RunMode, RunOptions};
 use crate::cache::{
-    Cache, Entry, Identity, ImageLock, LockMode, Lookup, Untrusted, VerifiedBlob, Wait, unix_now,
+    Cache, Entry, Identity, ImageLock, LockMode, Lookup, Provenance, Untrusted, VerifiedBlob, Wait,
+    unix_now,
 };
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::{Context, Policy, PolicyOptions, Purpose, Resolution};
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, SifDigest};
 
 /// The default limit on one pull attempt, as Nextflow's `pullTimeout`.
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -303,7 +304,7 @@ impl Runtime {
                 .lookup_held(&identity, &hold, &mut hashing)
                 .map_err(cache_err)?;
             if let Lookup::Hit { entry, .. } = &found {
-                ctx.local_sif_digest = entry.sif_digest();
+                ctx.local_sif_digest = Some(entry.sif_digest.clone());
             }
             first = Some((found, hold));
         }
@@ -404,13 +405,11 @@ impl Runtime {
             });
             match result {
                 Ok(()) => {
-                    let entry = Entry {
+                    let provenance = Provenance {
                         identity: identity.text.clone(),
                         image: image.to_string(),
                         arch: ctx.arch.clone(),
-                        manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
-                        sif_digest: String::new(),
-                        size: 0,
+                        manifest_digest: image.manifest_digest.clone(),
                         source_uri: uri.clone(),
                         source_note: source.note.clone(),
                         pulled_at: unix_now(),
@@ -419,7 +418,6 @@ impl Runtime {
                             .iter()
                             .map(|s| format!("{}: {}", s.uri(), s.note))
                             .collect(),
-                        stamp: Default::default(),
                     };
                     let mut hashing = HashReport {
                         runtime: self,
@@ -427,7 +425,7 @@ impl Runtime {
                     };
                     let entry = self
                         .cache
-                        .commit(identity, &tmp_name, entry, &mut hashing)
+                        .commit(identity, &tmp_name, provenance, &mut hashing)
                         .map_err(|e| {
                             self.cache.discard_temp(&tmp_name);
                             cache_err(e)
@@ -635,7 +633,7 @@ fn warn_untrusted(image: &ImageRef, untrusted: &Untrusted, progress: &mut dyn Fn
     progress(Progress::Warning { message: &message });
 }
 
-fn warn_corrupt(entry: &Entry, actual: &str, progress: &mut dyn FnMut(Progress<'_>)) {
+fn warn_corrupt(entry: &Entry, actual: &SifDigest, progress: &mut dyn FnMut(Progress<'_>)) {
     let message = format!(
         "the cached SIF of {} was changed on disk (expected {}, found {actual}); it was evicted and will be pulled again",
         entry.image, entry.sif_digest

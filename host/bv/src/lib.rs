@@ -121,12 +121,12 @@ impl Recorded {
 /// reference pinned one, else its SIF digest, marked (see the crate docs).
 fn image_digest(pulled: &Pulled) -> ImageDigest {
     match &pulled.entry.manifest_digest {
-        Some(manifest) => ImageDigest(manifest.clone()),
+        Some(manifest) => ImageDigest(manifest.to_string()),
         None => ImageDigest(sif_image_digest(&pulled.entry.sif_digest)),
     }
 }
 
-fn sif_image_digest(sif_digest: &str) -> String {
+fn sif_image_digest(sif_digest: &SifDigest) -> String {
     format!("{SIF_DIGEST_PREFIX}{sif_digest}")
 }
 
@@ -186,7 +186,7 @@ impl SifrRuntime {
             ))
         })?;
         Ok(entries.into_iter().map(|(_, entry)| entry).find(|entry| {
-            entry.sif_digest == sif.to_string()
+            entry.sif_digest == *sif
                 && name.is_none_or(|name| entry_name(entry).as_deref() == Some(name))
         }))
     }
@@ -228,7 +228,7 @@ impl SifrRuntime {
     ) -> Result<Pulled> {
         let image = ImageRef::parse(&entry.image).map_err(|e| bv_error(e.into()))?;
         let pulled = self.pull_image(&image, purpose, progress)?;
-        if pulled.entry.sif_digest != sif.to_string() {
+        if pulled.entry.sif_digest != *sif {
             return Err(not_reproducible(
                 &entry.image,
                 sif,
@@ -247,7 +247,7 @@ impl ProgressReporter for NoProgress {
     fn finish(&self, _: &str) {}
 }
 
-fn not_reproducible(image: &str, recorded: &SifDigest, now: &str) -> BvError {
+fn not_reproducible(image: &str, recorded: &SifDigest, now: &SifDigest) -> BvError {
     BvError::RuntimeError(format!(
         "{image}: bv.lock records the SIF digest {recorded}, but sifr's cache now has {now}. \
          A docker:// pull builds a new SIF file, so a SIF digest names one file on one \
@@ -455,7 +455,7 @@ impl ContainerRuntime for SifrRuntime {
                     None if image.tag.is_some() => {
                         let pulled =
                             self.pull_image(&image_ref(&by_tag)?, Purpose::Pull, progress)?;
-                        if pulled.entry.sif_digest != sif.to_string() {
+                        if pulled.entry.sif_digest != sif {
                             return Err(not_reproducible(
                                 &pulled.image,
                                 &sif,
@@ -554,8 +554,8 @@ impl ContainerRuntime for SifrRuntime {
             .into_iter()
             .map(|(_, e)| e)
             .find(|entry| match &recorded {
-                Recorded::Manifest(m) => entry.manifest_digest.as_deref() == Some(m.as_str()),
-                Recorded::Sif(s) => entry.sif_digest == s.to_string(),
+                Recorded::Manifest(m) => entry.manifest_digest.as_ref() == Some(m),
+                Recorded::Sif(s) => entry.sif_digest == *s,
             });
         let entry = found.ok_or_else(|| {
             BvError::RuntimeError(format!(

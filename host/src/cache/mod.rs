@@ -47,7 +47,7 @@ pub use hash::{HashProgress, sha256_file};
 pub use lock::{ImageLock, LockMode, Wait};
 pub use trust::{Distrust, Trust, Untrusted, owner_name, owner_uid};
 
-use crate::reference::{ImageRef, SifDigest};
+use crate::reference::{GrammarError, ImageRef, ManifestDigest, SifDigest, SifDigestPrefix};
 
 /// How old a blob no record refers to must be before `prune` removes it.
 /// A pull moves its blob into place, then writes its record; a blob younger
@@ -115,9 +115,9 @@ pub struct Entry {
     pub image: String,
     pub arch: String,
     /// Manifest digest, when the reference was pinned.
-    pub manifest_digest: Option<String>,
+    pub manifest_digest: Option<ManifestDigest>,
     /// sha256 of the SIF file: a local integrity check, not an identity.
-    pub sif_digest: String,
+    pub sif_digest: SifDigest,
     pub size: u64,
     /// The URI actually pulled (and so the mirror, if one served it).
     pub source_uri: String,
@@ -144,9 +144,6 @@ impl Entry {
         ] {
             *text = escape(text, 1024);
         }
-        if let Some(digest) = &mut self.manifest_digest {
-            *digest = escape(digest, 128);
-        }
         for note in &mut self.plan_notes {
             *note = escape(note, 1024);
         }
@@ -164,14 +161,59 @@ impl Entry {
         }
     }
 
-    fn blob_hex(&self) -> &str {
-        self.sif_digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&self.sif_digest)
-    }
-
     pub fn blob_name(&self) -> String {
-        blob_name(self.blob_hex())
+        blob_name(self.sif_digest.hex())
+    }
+}
+
+/// What a pull knows of the image it stored: an [`Entry`] but for what
+/// [`Cache::commit`] learns from the file (digest, size, stamp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// The identity text (see [`Identity`]).
+    pub identity: String,
+    /// The canonical reference as the user asked for it.
+    pub image: String,
+    pub arch: String,
+    /// Manifest digest, when the reference was pinned.
+    pub manifest_digest: Option<ManifestDigest>,
+    /// The URI actually pulled (and so the mirror, if one served it).
+    pub source_uri: String,
+    pub source_note: String,
+    /// Seconds since the Unix epoch.
+    pub pulled_at: u64,
+    pub apptainer_version: String,
+    /// The notes of the plan that was tried.
+    pub plan_notes: Vec<String>,
+}
+
+impl Entry {
+    fn new(provenance: Provenance, sif_digest: SifDigest, size: u64, stamp: Stamp) -> Self {
+        let Provenance {
+            identity,
+            image,
+            arch,
+            manifest_digest,
+            source_uri,
+            source_note,
+            pulled_at,
+            apptainer_version,
+            plan_notes,
+        } = provenance;
+        Self {
+            identity,
+            image,
+            arch,
+            manifest_digest,
+            sif_digest,
+            size,
+            source_uri,
+            source_note,
+            pulled_at,
+            apptainer_version,
+            plan_notes,
+            stamp,
+        }
     }
 }
 
@@ -197,7 +239,7 @@ pub enum Lookup {
     /// Was cached, but the file changed and no longer matches its digest.
     /// Under an exclusive lock it has been evicted; under a shared one it is
     /// left for a holder of the exclusive lock to evict.
-    Corrupt { entry: Entry, actual: String },
+    Corrupt { entry: Entry, actual: SifDigest },
     /// The record, or the blob it names, may have been written by someone
     /// you do not trust (see [`Trust`]). It was ignored and left in place:
     /// a pull writes a record and a blob of your own.
@@ -373,7 +415,7 @@ impl Cache {
     /// `entry`'s blob, opened without following a symlink, if it is there.
     fn open_blob(&self, entry: &Entry) -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
         let blobs = self.dir.open_dir("blobs/sha256")?;
-        match trust::open_no_follow(&blobs, &format!("{}.sif", entry.blob_hex())) {
+        match trust::open_no_follow(&blobs, &format!("{}.sif", entry.sif_digest.hex())) {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -513,7 +555,7 @@ impl Cache {
         let reader = blob.file.try_clone()?;
         std::io::Seek::rewind(&mut &*blob.file)?;
         let actual = sha256_file(reader, stamp.size, progress)?;
-        if actual == entry.blob_hex() {
+        if actual == entry.sif_digest.hex() {
             let entry = Entry { stamp, ..entry };
             // A trusted owner's record is theirs to refresh: yours in its
             // place is one that users who trust only them would ignore.
@@ -531,7 +573,7 @@ impl Cache {
         }
         Ok(Lookup::Corrupt {
             entry,
-            actual: format!("sha256:{actual}"),
+            actual: SifDigest::from_hex(&actual).map_err(io::Error::other)?,
         })
     }
 
@@ -577,13 +619,13 @@ impl Cache {
     }
 
     /// Hash the pulled file `tmp_name`, move it into `blobs/` and record it
-    /// for `identity`. `entry` comes with its provenance; the digest, size
-    /// and stamp are filled in here, from the file.
+    /// for `identity`, with its `provenance`; the digest, size and stamp
+    /// come from the file.
     pub fn commit(
         &self,
         identity: &Identity,
         tmp_name: &str,
-        mut entry: Entry,
+        provenance: Provenance,
         progress: &mut dyn HashProgress,
     ) -> io::Result<Entry> {
         use std::os::unix::fs::MetadataExt;
@@ -606,14 +648,14 @@ impl Cache {
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
         let size = meta.len();
         let hex = sha256_file(file.try_clone()?, size, progress)?;
-        let name = blob_name(&hex);
+        let sif_digest = SifDigest::from_hex(&hex).map_err(io::Error::other)?;
+        let name = blob_name(sif_digest.hex());
         self.dir.rename(tmp_name, &self.dir, &name)?;
-        entry.sif_digest = format!("sha256:{hex}");
-        entry.size = size;
         // The stamp of the hashed file (the rename may change its ctime);
         // if anyone swapped the path meanwhile, its inode differs, and a
         // lookup sees it.
-        entry.stamp = Stamp::of(&file.metadata()?);
+        let stamp = Stamp::of(&file.metadata()?);
+        let entry = Entry::new(provenance, sif_digest, size, stamp);
         self.write_entry(&identity.key, &entry)?;
         Ok(entry)
     }
@@ -638,8 +680,7 @@ impl Cache {
         Ok(out)
     }
 
-    /// Remove the entries whose image (canonical, or as typed) or SIF digest
-    /// (or a prefix of at least 8 hex digits) matches `what`. Returns them.
+    /// Remove the entries `what` selects (see [`Selector`]). Returns them.
     ///
     /// Each is removed under its identity's exclusive lock, so a pull of it
     /// in progress, or a run that holds it, is waited for: `on_wait` is
@@ -648,24 +689,11 @@ impl Cache {
     /// with [`io::ErrorKind::TimedOut`].
     pub fn remove(
         &self,
-        what: &str,
+        what: &Selector,
         timeout: Option<Duration>,
         on_wait: &mut dyn FnMut(&Entry, Duration) -> bool,
     ) -> io::Result<Vec<Entry>> {
-        let as_image = ImageRef::parse(what).ok();
-        let hex = what.strip_prefix("sha256:").unwrap_or(what);
-        let as_digest = hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        let matches = |entry: &Entry| {
-            let by_image = as_image.as_ref().is_some_and(|image| {
-                let canonical = image.to_string();
-                entry.image == canonical
-                    || (image.tag.is_none()
-                        && image.manifest_digest.is_none()
-                        && entry.image.starts_with(&format!("{canonical}:")))
-            });
-            let by_digest = as_digest && entry.blob_hex().starts_with(&hex.to_ascii_lowercase());
-            by_image || by_digest
-        };
+        let matches = |entry: &Entry| what.matches(entry);
         let mut removed = Vec::new();
         for (key, entry) in self.entries()? {
             if !matches(&entry) {
@@ -798,7 +826,7 @@ impl Cache {
                 continue;
             }
             let key: String = file.chars().take(64).collect();
-            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !crate::reference::is_lower_hex(&key, 64..=64) {
                 continue;
             }
             if let Some(_pulling) = self.try_lock_key(&key, LockMode::Exclusive)? {
@@ -819,7 +847,7 @@ impl Cache {
                     let file = file.into_std();
                     let size = file.metadata()?.len();
                     let actual = sha256_file(file, size, progress)?;
-                    if actual == entry.blob_hex() {
+                    if actual == entry.sif_digest.hex() {
                         if self.stamp(&name)? != entry.stamp {
                             self.write_entry(
                                 &key,
@@ -861,13 +889,10 @@ fn parse_record(file: std::fs::File, meta: &std::fs::Metadata) -> Option<Entry> 
     }
     let mut bytes = Vec::new();
     file.take(MAX_RECORD).read_to_end(&mut bytes).ok()?;
+    // The digests are checked as they are parsed: a record with one that
+    // is not a digest is not a record.
     serde_json::from_slice::<Entry>(&bytes)
         .ok()
-        .filter(|e| {
-            e.sif_digest
-                .strip_prefix("sha256:")
-                .is_some_and(|hex| crate::reference::SifDigest::from_hex(hex).is_ok())
-        })
         .map(Entry::escaped)
 }
 
@@ -891,9 +916,46 @@ fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
     }
 }
 
-/// The SIF digest of an entry, typed.
-impl Entry {
-    pub fn sif_digest(&self) -> Option<SifDigest> {
-        SifDigest::from_hex(self.blob_hex()).ok()
+/// Which entries `sifr cache rm` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The entries of this image: as canonical, or as typed; a reference
+    /// with neither tag nor digest (`ubuntu`) selects all its tags.
+    Image(ImageRef),
+    /// The entries whose SIF file's digest starts with these hex digits.
+    Sif(SifDigestPrefix),
+}
+
+impl Selector {
+    /// `sha256:<hex>`, or 8 to 64 hex digits alone, is a SIF digest (or its
+    /// start); anything else is an image reference.
+    pub fn parse(what: &str) -> Result<Self, GrammarError> {
+        let bare_hex = || crate::reference::is_lower_hex(&what.to_ascii_lowercase(), 8..=64);
+        if what.starts_with("sha256:") || bare_hex() {
+            SifDigestPrefix::parse(what).map(Self::Sif)
+        } else {
+            ImageRef::parse(what).map(Self::Image)
+        }
+    }
+
+    pub fn matches(&self, entry: &Entry) -> bool {
+        match self {
+            Self::Image(image) => {
+                let canonical = image.to_string();
+                entry.image == canonical
+                    || (image.tag.is_none()
+                        && image.manifest_digest.is_none()
+                        && entry.image.starts_with(&format!("{canonical}:")))
+            }
+            Self::Sif(prefix) => entry.sif_digest.starts_with(prefix),
+        }
+    }
+}
+
+impl std::str::FromStr for Selector {
+    type Err = GrammarError;
+
+    fn from_str(what: &str) -> Result<Self, Self::Err> {
+        Self::parse(what)
     }
 }

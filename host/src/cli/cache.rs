@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bytesize::ByteSize;
 use serde_json::json;
-use sifr::cache::{Cache, Entry, unix_now};
+use sifr::cache::{Cache, Entry, Selector, unix_now};
 use sifr::{Config, ConfigSources};
 
 use super::progress::Display;
@@ -108,7 +108,7 @@ fn line(entry: &Entry) -> String {
     format!(
         "{}  {}  {:>10}  {}  from {}",
         entry.image,
-        &entry.sif_digest[..entry.sif_digest.len().min(19)],
+        &entry.sif_digest.as_str()[.."sha256:".len() + 12],
         ByteSize(entry.size).to_string(),
         age(entry),
         entry.source_uri
@@ -135,8 +135,18 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
         Command::Rm { what } => {
             let mut code = 0;
             for item in &what {
+                // An image reference, or a SIF digest: each is read once,
+                // here, and what it is decides what it matches.
+                let selector = match Selector::parse(item) {
+                    Ok(selector) => selector,
+                    Err(e) => {
+                        eprintln!("sifr: error: {e}; see `sifr cache ls`");
+                        code = exit::FAILURE;
+                        continue;
+                    }
+                };
                 let mut display = Display::new(globals);
-                let removed = cache.remove(item, None, &mut |entry, waited| {
+                let removed = cache.remove(&selector, None, &mut |entry, waited| {
                     display.waiting(
                         &format!(
                             "waiting for the sifr processes using {} (a pull, or a run until \

@@ -55,11 +55,7 @@ pub fn source_registry(uri: &str) -> String {
 /// The first 12 hex digits of the SIF digest: enough to tell files apart
 /// and to give `sifr cache rm`.
 fn short_digest(entry: &Entry) -> &str {
-    let hex = entry
-        .sif_digest
-        .strip_prefix("sha256:")
-        .unwrap_or(&entry.sif_digest);
-    &hex[..hex.len().min(12)]
+    &entry.sif_digest.hex()[..12]
 }
 
 /// When the SIF file was last read, as its atime says: apptainer reads it
