@@ -477,7 +477,8 @@ fn the_site_file_locks_its_rules_and_limits_against_every_user_layer() {
     );
     let rewrite = scratch.write(
         "rewrite.toml",
-        "[[plugin]]\nname = \"mine\"\nbuiltin = \"mirror\"\non-error = \"fail-open\"\n\
+        "[sandbox]\ntimeout-ms = 10000\n\
+         [[plugin]]\nname = \"mine\"\nbuiltin = \"mirror\"\n\
          [plugin.settings]\nregistries = [\"quay.io\"]\n\
          [[plugin.settings.mirrors]]\nregistry = \"EVIL.example.com\"\n",
     );

@@ -24,6 +24,7 @@ pub mod error;
 pub mod front;
 pub mod policy;
 pub mod reference;
+pub mod report;
 pub mod registries_conf;
 pub mod runtime;
 pub mod untrusted;

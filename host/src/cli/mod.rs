@@ -34,6 +34,24 @@ pub mod exit {
     pub const PULL_FAILED: u8 = 8;
     /// `sifr cache verify` found missing or corrupt entries.
     pub const CACHE_CORRUPT: u8 = 9;
+
+    /// The one rule for commands that take several images: they go on past
+    /// a failure, and exit with the code of the *first* one.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct FirstFailure(u8);
+
+    impl FirstFailure {
+        /// Note a result's code: kept if it is the first failure.
+        pub fn note(&mut self, code: u8) {
+            if self.0 == 0 {
+                self.0 = code;
+            }
+        }
+
+        pub fn code(self) -> u8 {
+            self.0
+        }
+    }
 }
 
 const AFTER_HELP: &str = "\

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use sifr::policy::{ArtifactOrigin, LoadedPlugin, Outcome, StepOutcome};
+use sifr::report::{self, CheckResult, PluginCheckReport, PluginListReport, PluginReport};
+use sifr::policy::{ArtifactOrigin, Outcome, StepOutcome};
 use sifr::{
     Config, ConfigSources, Context, ImageRef, OnError, PluginSource, PluginSpec, Policy,
     PolicyOptions, SandboxLimits,
@@ -75,19 +76,6 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
     }
 }
 
-fn describe(plugin: &LoadedPlugin) -> serde_json::Value {
-    json!({
-        "name": plugin.name,
-        "source": plugin.source,
-        "sha256": plugin.sha256,
-        "api-version": plugin.api_version,
-        "on-error": plugin.on_error,
-        "locked": plugin.locked,
-        "settings": plugin.settings,
-        "artifact": plugin.artifact,
-    })
-}
-
 fn ls(globals: &Globals, json: bool) -> Result<u8> {
     let config = Config::load(&ConfigSources::standard(
         globals.config.clone(),
@@ -96,18 +84,8 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
         .context("loading the policy chain")?;
     if json {
-        let plugins: Vec<_> = policy.plugins().iter().map(describe).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "config-files": config.files,
-                "sandbox": {
-                    "timeout-ms": config.sandbox.timeout.as_millis() as u64,
-                    "memory-mib": config.sandbox.memory_bytes >> 20,
-                },
-                "plugins": plugins,
-            }))?
-        );
+        let report = PluginListReport::of(&config, policy.plugins());
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
     if config.files.is_empty() {
@@ -166,7 +144,7 @@ fn check(args: CheckArgs) -> Result<u8> {
     let plugin = &policy.plugins()[0];
     let ctx = Context::new(args.purpose.into());
 
-    let mut code = 0;
+    let mut code = exit::FirstFailure::default();
     let mut results = Vec::new();
     if !args.json {
         println!(
@@ -186,15 +164,15 @@ fn check(args: CheckArgs) -> Result<u8> {
             Ok(image) => image,
             Err(e) => {
                 eprintln!("sifr: error: {e}");
-                code = code.max(exit::INVALID_REFERENCE);
-                results.push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
+                code.note(exit::INVALID_REFERENCE);
+                results.push(CheckResult::invalid(input, &e));
                 continue;
             }
         };
         let resolution = policy.resolve(&image, &ctx);
         let step = &resolution.steps[0];
         if args.json {
-            results.push(json!({"input": input, "image": image.to_string(), "step": step}));
+            results.push(CheckResult::step(input, &image, step));
         } else {
             println!("\n{input}  ({image})");
             match &step.outcome {
@@ -215,15 +193,17 @@ fn check(args: CheckArgs) -> Result<u8> {
         }
         match resolution.outcome {
             Outcome::Plan(_) => {}
-            Outcome::Denied { .. } => code = code.max(exit::DENIED),
-            Outcome::Failed(_) => code = code.max(exit::PLUGIN_FAILED),
+            Outcome::Denied { .. } => code.note(exit::DENIED),
+            Outcome::Failed(_) => code.note(exit::PLUGIN_FAILED),
         }
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"plugin": describe(plugin), "results": results}))?
-        );
+        let report = PluginCheckReport {
+            schema: report::SCHEMA,
+            plugin: PluginReport::of(plugin),
+            results,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(code)
+    Ok(code.code())
 }

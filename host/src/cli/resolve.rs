@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result};
-use serde_json::json;
 use sifr::policy::{Outcome, Step, StepOutcome};
+use sifr::report::ResolveReport;
 use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Resolution, Source};
 
 use super::{Globals, exit, level_name};
@@ -45,18 +45,15 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
         ctx.arch = arch;
     }
 
-    let mut code = 0;
-    let mut json_out = Vec::new();
+    let mut code = exit::FirstFailure::default();
+    let mut reports = Vec::new();
     for (i, input) in args.images.iter().enumerate() {
         let image = match ImageRef::parse(input) {
             Ok(image) => image,
             Err(e) => {
                 eprintln!("sifr: error: {e}");
-                if code == 0 {
-                    code = exit::INVALID_REFERENCE;
-                }
-                json_out
-                    .push(json!({"input": input, "outcome": "invalid", "error": e.to_string()}));
+                code.note(exit::INVALID_REFERENCE);
+                reports.push(ResolveReport::invalid(input, &e));
                 continue;
             }
         };
@@ -68,7 +65,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
             }
         }
         if args.json {
-            json_out.push(to_json(input, &resolution));
+            reports.push(ResolveReport::of(input, &resolution));
         } else if args.explain {
             if i > 0 {
                 println!();
@@ -85,61 +82,16 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
         if !matches!(resolution.outcome, Outcome::Plan(_)) {
             let error = resolution.into_plan().expect_err("not a plan");
             eprintln!("sifr: error: {error}");
-            if code == 0 {
-                code = super::sifr_exit_code(&error);
-            }
+            code.note(super::sifr_exit_code(&error));
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json_out)?);
+        println!("{}", serde_json::to_string_pretty(&reports)?);
     }
-    Ok(code)
+    Ok(code.code())
 }
 
-fn source_json(source: &Source) -> serde_json::Value {
-    let mut value = serde_json::to_value(source).expect("a source serialises");
-    value["uri"] = json!(source.uri());
-    value
-}
-
-fn to_json(input: &str, resolution: &Resolution) -> serde_json::Value {
-    let steps: Vec<serde_json::Value> = resolution
-        .steps
-        .iter()
-        .map(|step| {
-            let mut value = serde_json::to_value(step).expect("a step serialises");
-            if let StepOutcome::Plan { sources } = &step.outcome {
-                value["sources"] = sources.iter().map(source_json).collect();
-            }
-            value
-        })
-        .collect();
-    let mut out = json!({
-        "input": input,
-        "image": resolution.image,
-        "canonical": resolution.image.to_string(),
-        "steps": steps,
-    });
-    match &resolution.outcome {
-        Outcome::Plan(sources) => {
-            out["outcome"] = json!("plan");
-            out["sources"] = sources.iter().map(source_json).collect();
-        }
-        Outcome::Denied { plugin, reason } => {
-            out["outcome"] = json!("denied");
-            out["plugin"] = json!(plugin);
-            out["reason"] = json!(reason);
-        }
-        Outcome::Failed(failure) => {
-            out["outcome"] = json!("failed");
-            out["plugin"] = json!(failure.plugin);
-            out["error"] = json!(failure.to_string());
-        }
-    }
-    out
-}
-
-pub(super) fn explain(input: &str, resolution: &Resolution) -> String {
+pub fn explain(input: &str, resolution: &Resolution) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{input}");
     let _ = writeln!(out, "  image: {}", resolution.image);

@@ -9,9 +9,11 @@
 //! - [`compile_cache`]: compiled plugins on disk.
 //! - [`validate`]: what a plugin returns, checked before the host uses it.
 //! - [`chain`]: running the plugins in order.
+//! - [`error`]: how loading or running the chain fails.
 
 mod chain;
 mod compile_cache;
+pub mod error;
 mod plugin;
 mod sandbox;
 mod validate;
@@ -23,6 +25,7 @@ use crate::reference::{DOCKER_HUB, ImageRef, ManifestDigest, SifDigest};
 
 pub use chain::{Outcome, Policy, PolicyOptions, Resolution, Step, StepOutcome};
 pub use compile_cache::CompileCache;
+pub use error::{FailureKind, PluginFailure, PluginLoadError, PolicyError};
 pub use plugin::{ArtifactOrigin, LoadedPlugin, builtin_names};
 pub use sandbox::{LogLevel, LogLine};
 
@@ -84,8 +87,9 @@ pub enum PullRef {
     Digest(ManifestDigest),
 }
 
-/// One place to pull an image from, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One place to pull an image from, validated. Serialised with its `uri`,
+/// so machine output carries what apptainer receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub registry: String,
     pub repository: String,
@@ -94,6 +98,29 @@ pub struct Source {
     pub plain_http: bool,
     /// Why this source is in the plan.
     pub note: String,
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            registry: &'a str,
+            repository: &'a str,
+            reference: &'a PullRef,
+            plain_http: bool,
+            note: &'a str,
+            uri: String,
+        }
+        Shown {
+            registry: &self.registry,
+            repository: &self.repository,
+            reference: &self.reference,
+            plain_http: self.plain_http,
+            note: &self.note,
+            uri: self.uri(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Source {
