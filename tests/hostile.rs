@@ -33,7 +33,7 @@ fn hostile_in(scratch: &Scratch, mode: &str, extra: &str, sandbox: &str) -> Resu
     );
     let path = scratch.write("config.toml", &toml);
     let config = Config::load(&ConfigSources::only(path))?;
-    Policy::load(&config, &PolicyOptions::default())
+    Ok(Policy::load(&config, &PolicyOptions::default())?)
 }
 
 fn image() -> ImageRef {
@@ -239,7 +239,7 @@ fn a_plugin_built_against_another_world_is_refused_at_load() {
     let wasm = plugin_wasm("wrong_world");
     let path = scratch.write("c.toml", &entry("other", &wasm, ""));
     let config = Config::load(&ConfigSources::only(path)).unwrap();
-    let err = Policy::load(&config, &PolicyOptions::default()).unwrap_err();
+    let err = Error::from(Policy::load(&config, &PolicyOptions::default()).unwrap_err());
     assert!(
         matches!(
             err,
@@ -360,7 +360,7 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 fn policy_of(scratch: &Scratch, wasm: &Path, sandbox: &str) -> Result<Policy, Error> {
     let toml = format!("[sandbox]\n{sandbox}\n{}", entry("rogue", wasm, ""));
     let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml)))?;
-    Policy::load(&config, &PolicyOptions::default())
+    Ok(Policy::load(&config, &PolicyOptions::default())?)
 }
 
 /// The failure that loading `wasm` ends in (`configure` runs at load).

@@ -14,7 +14,7 @@ use sifr::{
 fn load(scratch: &Scratch, toml: &str) -> Result<Policy, Error> {
     let path = scratch.write("config.toml", toml);
     let config = Config::load(&ConfigSources::only(path))?;
-    Policy::load(&config, &PolicyOptions::default())
+    Ok(Policy::load(&config, &PolicyOptions::default())?)
 }
 
 fn uris(policy: &Policy, image: &str) -> Vec<String> {
@@ -433,7 +433,7 @@ fn a_denial_names_the_plugin_and_its_reason() {
         matches!(&resolution.outcome, Outcome::Denied { plugin, reason }
         if plugin == "gatekeeper" && reason == "hostile plugin says no")
     );
-    let err = resolution.into_plan().unwrap_err();
+    let err = Error::from(resolution.into_plan().unwrap_err());
     assert!(matches!(err, Error::Denied { .. }));
     assert_eq!(
         err.to_string(),

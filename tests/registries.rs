@@ -1269,7 +1269,7 @@ fn system_policy(root: &Path) -> Result<sifr::Policy, sifr::Error> {
     let options = sifr::PolicyOptions {
         compile_cache: sifr::policy::CompileCache::for_cache_root(&cache().join("sifr")),
     };
-    sifr::Policy::load(&config, &options)
+    Ok(sifr::Policy::load(&config, &options)?)
 }
 
 /// The URIs `policy` plans for `image` (` (http)` for plain HTTP), or why it

@@ -30,7 +30,10 @@ fn policy(settings: &str) -> Result<Policy, sifr::Error> {
              [[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n"
         ),
     );
-    Policy::load(&Config::load(&ConfigSources::only(path))?, &options())
+    Ok(Policy::load(
+        &Config::load(&ConfigSources::only(path))?,
+        &options(),
+    )?)
 }
 
 /// `Ok(uris)` or `Err(denial reason)`.

@@ -24,15 +24,15 @@ pub mod error;
 pub mod front;
 pub mod policy;
 pub mod reference;
-pub mod report;
 pub mod registries_conf;
+pub mod report;
 pub mod runtime;
 pub mod untrusted;
 
 use std::path::PathBuf;
 
 pub use config::{Config, ConfigSources, OnError, PluginSource, PluginSpec, SandboxLimits};
-pub use error::{ConfigError, Error, FailureKind, PluginFailure, PluginLoadError};
+pub use error::{ConfigError, Error, FailureKind, PluginFailure, PluginLoadError, PolicyError};
 pub use policy::{
     Context, Outcome, Policy, PolicyOptions, PullRef, Purpose, Resolution, Source, Step,
     StepOutcome,

@@ -160,12 +160,7 @@ impl Runtime {
             .cache_dir
             .clone()
             .or_else(|| crate::cache_root_for(&config))
-            .ok_or_else(|| {
-                Error::io(
-                    "no cache directory: set SIFR_CACHE_DIR or `[cache] dir` in the config",
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                )
-            })?;
+            .ok_or(Error::NoCacheDir)?;
         let cache = Cache::open(&root)
             .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?
             .trusting(&config.trusted_owners);

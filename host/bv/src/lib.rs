@@ -327,6 +327,10 @@ pub fn bv_error(error: Error) -> BvError {
         Error::Io { ref source, .. } => {
             BvError::Io(std::io::Error::new(source.kind(), error.to_string()))
         }
+        Error::NoCacheDir => BvError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            error.to_string(),
+        )),
         other => BvError::RuntimeError(other.to_string()),
     }
 }

@@ -93,8 +93,7 @@ fn open(globals: &Globals) -> Result<Cache> {
         globals.config.clone(),
         super::config_env(),
     ))?;
-    let root = sifr::cache_root_for(&config)
-        .context("no cache directory: set SIFR_CACHE_DIR or `[cache] dir` in the config")?;
+    let root = sifr::cache_root_for(&config).ok_or(sifr::Error::NoCacheDir)?;
     Cache::open(&root).with_context(|| format!("opening the cache at {}", root.display()))
 }
 

@@ -450,7 +450,11 @@ fn delegated_pull(
     if let Some(arch) = &request.arch {
         ctx.arch = arch.clone();
     }
-    let plan = match runtime.resolve(image, &ctx).into_plan() {
+    let plan = match runtime
+        .resolve(image, &ctx)
+        .into_plan()
+        .map_err(sifr::Error::from)
+    {
         Ok(plan) => plan,
         Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
     };

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use sifr::report::{self, CheckResult, PluginCheckReport, PluginListReport, PluginReport};
 use sifr::policy::{ArtifactOrigin, Outcome, StepOutcome};
+use sifr::report::{self, CheckResult, PluginCheckReport, PluginListReport, PluginReport};
 use sifr::{
     Config, ConfigSources, Context, ImageRef, OnError, PluginSource, PluginSpec, Policy,
     PolicyOptions, SandboxLimits,
@@ -82,6 +82,7 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
         super::config_env(),
     ))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
+        .map_err(sifr::Error::from)
         .context("loading the policy chain")?;
     if json {
         let report = PluginListReport::of(&config, policy.plugins());
@@ -140,7 +141,8 @@ fn check(args: CheckArgs) -> Result<u8> {
         timeout: Duration::from_millis(args.timeout_ms),
         memory_bytes: (args.memory_mib as usize) << 20,
     };
-    let policy = Policy::load_single(&spec, limits, &PolicyOptions::standard())?;
+    let policy = Policy::load_single(&spec, limits, &PolicyOptions::standard())
+        .map_err(sifr::Error::from)?;
     let plugin = &policy.plugins()[0];
     let ctx = Context::new(args.purpose.into());
 

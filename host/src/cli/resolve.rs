@@ -39,6 +39,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
         super::config_env(),
     ))?;
     let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
+        .map_err(sifr::Error::from)
         .context("loading the policy chain")?;
     let mut ctx = Context::new(args.purpose.into());
     if let Some(arch) = args.arch {
@@ -80,7 +81,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
             }
         }
         if !matches!(resolution.outcome, Outcome::Plan(_)) {
-            let error = resolution.into_plan().expect_err("not a plan");
+            let error = sifr::Error::from(resolution.into_plan().expect_err("not a plan"));
             eprintln!("sifr: error: {error}");
             code.note(super::sifr_exit_code(&error));
         }

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::compile_cache::CompileCache;
+use super::error::{PluginFailure, PluginLoadError, PolicyError};
 use super::plugin::LoadedPlugin;
 use super::sandbox::{LogLine, Sandbox};
 use super::validate::Verdict;
 use super::{Context, Source};
 use crate::config::{Config, OnError, PluginSpec, SandboxLimits};
-use crate::error::{Error, PluginFailure, PluginLoadError};
 use crate::reference::ImageRef;
 
 /// How to load a policy.
@@ -102,23 +102,23 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    /// The plan, or the denial or failure as an [`Error`].
-    pub fn into_plan(self) -> Result<Vec<Source>, Error> {
+    /// The plan, or the denial or failure as a [`PolicyError`].
+    pub fn into_plan(self) -> Result<Vec<Source>, PolicyError> {
         match self.outcome {
             Outcome::Plan(sources) => Ok(sources),
-            Outcome::Denied { plugin, reason } => Err(Error::Denied {
+            Outcome::Denied { plugin, reason } => Err(PolicyError::Denied {
                 image: self.image.to_string(),
                 plugin,
                 reason,
             }),
-            Outcome::Failed(failure) => Err(Error::PluginFailed(failure)),
+            Outcome::Failed(failure) => Err(PolicyError::PluginFailed(failure)),
         }
     }
 }
 
 impl Policy {
     /// Load every plugin of `config`'s chain, in order.
-    pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, Error> {
+    pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, PolicyError> {
         let limits = |spec: &PluginSpec| {
             if spec.locked {
                 config.site_sandbox
@@ -143,7 +143,7 @@ impl Policy {
         spec: &PluginSpec,
         limits: SandboxLimits,
         options: &PolicyOptions,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, PolicyError> {
         let sandbox = new_sandbox(limits.memory_bytes)?;
         let plugin = LoadedPlugin::load(spec, limits, &sandbox, options.compile_cache.as_ref())?;
         Ok(Self {
@@ -224,11 +224,6 @@ impl Policy {
     }
 }
 
-fn new_sandbox(memory_budget: usize) -> Result<Arc<Sandbox>, Error> {
-    Sandbox::new(memory_budget).map_err(|e| {
-        Error::io(
-            "could not start the WebAssembly engine",
-            std::io::Error::other(e.to_string()),
-        )
-    })
+fn new_sandbox(memory_budget: usize) -> Result<Arc<Sandbox>, PolicyError> {
+    Sandbox::new(memory_budget).map_err(|source| PolicyError::Engine { source })
 }

@@ -8,12 +8,12 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::compile_cache::CompileCache;
+use super::error::{FailureKind, PluginFailure, PluginLoadError};
 use super::sandbox::{Deadline, HostState, LogLine, Sandbox, arm_deadline, run_with_deadline};
 use super::validate::{self, Verdict};
 use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
 use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
-use crate::error::{FailureKind, PluginFailure, PluginLoadError};
 use crate::reference::ImageRef;
 use crate::untrusted;
 

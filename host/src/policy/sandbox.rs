@@ -29,8 +29,8 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::error::FailureKind;
 use crate::config::SandboxLimits;
-use crate::error::FailureKind;
 use crate::untrusted;
 
 /// How often the epoch advances. Deadlines are accurate to about one tick.
