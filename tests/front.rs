@@ -984,7 +984,8 @@ fn snakemake() -> PathBuf {
         .or_else(|| which::which("snakemake").ok());
     found.expect(
         "these tests need Snakemake 9.27.1: python3 -m venv VENV && VENV/bin/pip install \
-         snakemake==9.27.1, then SIFR_SNAKEMAKE=VENV/bin/snakemake",
+         snakemake==9.27.1 snakemake-executor-plugin-slurm==2.8.0, then \
+         SIFR_SNAKEMAKE=VENV/bin/snakemake (.ci/run does this)",
     )
 }
 
@@ -1111,12 +1112,25 @@ struct Cluster {
     dir: tempfile::TempDir,
     daemons: Vec<std::process::Child>,
     saved_conf: Option<Vec<u8>>,
+    /// Dropped last, once the configuration is restored.
+    _one: std::fs::File,
 }
 
 const SLURM_CONF: &str = "/etc/slurm/slurm.conf";
 
-/// One cluster at a time: they share `/etc/slurm/slurm.conf`.
-static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One cluster at a time on the machine, across test processes too: they
+/// share `/etc/slurm/slurm.conf`, which each saves and restores. An `flock`
+/// held for the cluster's life (the kernel drops it however a test ends).
+fn one_cluster_at_a_time() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("sifr-front-tests-slurm.lock"))
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    lock
+}
 
 impl Cluster {
     fn start() -> Self {
@@ -1128,12 +1142,14 @@ impl Cluster {
             ("munged", "munge"),
             ("mungekey", "munge"),
         ]);
+        let one = one_cluster_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().to_path_buf();
         let mut cluster = Self {
             dir,
             daemons: Vec::new(),
             saved_conf: std::fs::read(SLURM_CONF).ok(),
+            _one: one,
         };
         for sub in ["munge", "state", "spool", "log"] {
             std::fs::create_dir(p.join(sub)).unwrap();
@@ -1263,7 +1279,6 @@ fn an_sbatch_array_through_the_front_makes_one_pull() {
     let origin = Registry::start(&fx, true);
     origin.push(&fx, "e2e/busybox:1");
     let m = real_machine(&fx, "");
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start();
     let image = format!("{}/e2e/busybox:1", origin.host());
     let out_dir = m.path().join("out");
@@ -1322,7 +1337,6 @@ fn snakemake_s_slurm_executor_runs_its_jobs_through_the_front() {
     origin.push(&fx, "e2e/busybox:1");
     let m = real_machine(&fx, "");
     std::fs::create_dir(m.path().join("home")).unwrap();
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start();
     let dir = m.path().join("flow");
     std::fs::create_dir(&dir).unwrap();
