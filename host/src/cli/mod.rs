@@ -8,6 +8,7 @@ mod plugin;
 mod progress;
 mod pull;
 mod resolve;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,14 +121,14 @@ enum Command {
     ///   sifr run ncbi/blast:2.14.0 -- blastn -version
     ///   sifr run --bind /data:/data:ro --env OMP_NUM_THREADS=4 IMAGE -- ARGS
     #[command(verbatim_doc_comment)]
-    Run(pull::RunArgs),
+    Run(run::RunArgs),
 
     /// Run a command in an image with hermetic defaults (--cleanenv --no-home).
     ///
     /// Example:
     ///   sifr exec --pwd /data --bind "$PWD:/data" ubuntu:22.04 -- ls -l
     #[command(verbatim_doc_comment)]
-    Exec(pull::RunArgs),
+    Exec(run::RunArgs),
 
     /// List, remove, prune and verify cached images.
     #[command(subcommand)]
@@ -254,8 +255,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(&globals, args),
         Command::Pull(args) => pull::pull(&globals, args),
-        Command::Run(args) => pull::run(&globals, args, sifr::apptainer::RunMode::Run),
-        Command::Exec(args) => pull::run(&globals, args, sifr::apptainer::RunMode::Exec),
+        Command::Run(args) => run::run(&globals, args, sifr::apptainer::RunMode::Run),
+        Command::Exec(args) => run::run(&globals, args, sifr::apptainer::RunMode::Exec),
         Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
         Command::Front(command) => front::run(&globals, command),

@@ -1,4 +1,5 @@
-//! `sifr pull`, `sifr run` and `sifr exec`.
+//! `sifr pull`, and what every command that may pull shares: the
+//! options, the runtime, and stopping on a signal.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
-use sifr::apptainer::{HostEnv, RunMode, RunOptions};
 use sifr::runtime::interrupted_by;
 use sifr::{Config, ConfigSources, ImageRef, Purpose, Runtime, RuntimeOptions};
 
@@ -20,12 +20,12 @@ pub struct PullOptions {
     /// The apptainer (or singularity) binary [default: $SIFR_APPTAINER, the
     /// config's `[apptainer] path`, then `apptainer` or `singularity` on PATH].
     #[arg(long, value_name = "PATH")]
-    apptainer: Option<PathBuf>,
+    pub apptainer: Option<PathBuf>,
 
     /// Limit on each pull attempt, e.g. `20m`, `1h 30m` [default: the
     /// config's `[apptainer] pull-timeout`, else 20m].
     #[arg(long, value_name = "DURATION", env = "SIFR_PULL_TIMEOUT", value_parser = humantime::parse_duration)]
-    pull_timeout: Option<Duration>,
+    pub pull_timeout: Option<Duration>,
 }
 
 #[derive(clap::Args)]
@@ -42,62 +42,11 @@ pub struct PullArgs {
     options: PullOptions,
 }
 
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// The image to run.
-    #[arg(value_name = "IMAGE")]
-    image: String,
-
-    /// Bind a host path into the container: `SRC[:DST[:ro]]` (repeatable).
-    #[arg(long, short = 'B', value_name = "SRC[:DST[:ro]]")]
-    bind: Vec<String>,
-
-    /// Set a variable in the container: `K=V` (repeatable). The host's
-    /// environment is not passed in (--cleanenv).
-    #[arg(long, value_name = "K=V", value_parser = parse_env)]
-    env: Vec<String>,
-
-    /// The working directory inside the container.
-    #[arg(long, value_name = "DIR")]
-    pwd: Option<String>,
-
-    /// Enable NVIDIA GPU support.
-    #[arg(long)]
-    nv: bool,
-
-    /// Pass an argument to apptainer as it is (repeatable), e.g.
-    /// `--apptainer-arg=--contain`.
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
-    apptainer_arg: Vec<String>,
-
-    /// Let the host's APPTAINERENV_*, SINGULARITYENV_* and
-    /// APPTAINER_ENV_FILE set variables in the container (dropped by
-    /// default: --env is the way in).
-    #[arg(long)]
-    keep_container_env: bool,
-
-    /// Drop the host's APPTAINER_BIND, APPTAINER_BINDPATH and their
-    /// SINGULARITY_* twins (passed by default: sites set them for their
-    /// filesystems).
-    #[arg(long)]
-    no_env_binds: bool,
-
-    #[command(flatten)]
-    options: PullOptions,
-
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, value_name = "ARGS")]
-    args: Vec<String>,
-}
-
-fn parse_env(s: &str) -> Result<String, String> {
-    match s.split_once('=') {
-        Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok(s.to_string()),
-        _ => Err(format!("{s:?} is not K=V")),
-    }
-}
-
-fn runtime(globals: &Globals, options: &PullOptions, cancel: &Cancel) -> Result<Runtime> {
+pub(super) fn runtime(
+    globals: &Globals,
+    options: &PullOptions,
+    cancel: &Cancel,
+) -> Result<Runtime> {
     let config = Config::load(&ConfigSources::standard(
         globals.config.clone(),
         super::config_env(),
@@ -119,12 +68,12 @@ fn runtime(globals: &Globals, options: &PullOptions, cancel: &Cancel) -> Result<
 /// 128 + the signal. Without this, apptainer, in a process group of its
 /// own, would go on pulling after sifr died, past any timeout.
 #[derive(Default)]
-struct Cancel(Arc<AtomicUsize>);
+pub(super) struct Cancel(Arc<AtomicUsize>);
 
 impl Cancel {
     /// Catch the signals from now on. Until then (loading the config and
     /// the plugins), they end sifr as usual: there is nothing to clean up.
-    fn install(&self) -> Result<()> {
+    pub(super) fn install(&self) -> Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         for signal in [SIGINT, SIGTERM, SIGHUP] {
             signal_hook::flag::register_usize(signal, self.0.clone(), signal as usize)?;
@@ -133,7 +82,7 @@ impl Cancel {
     }
 
     /// The exit code for a signal that stopped us, if one did.
-    fn code(&self) -> Option<u8> {
+    pub(super) fn code(&self) -> Option<u8> {
         match self.0.load(Ordering::SeqCst) {
             0 => None,
             signal => Some(u8::try_from(128 + signal).unwrap_or(exit::FAILURE)),
@@ -142,7 +91,7 @@ impl Cancel {
 }
 
 /// 128 + the signal, if `error` is a pull stopped by one.
-fn interrupted_code(error: &sifr::Error) -> Option<u8> {
+pub(super) fn interrupted_code(error: &sifr::Error) -> Option<u8> {
     interrupted_by(error).map(|signal| u8::try_from(128 + signal).unwrap_or(exit::FAILURE))
 }
 
@@ -207,53 +156,4 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(code)
-}
-
-pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
-    if mode == RunMode::Exec && args.args.is_empty() {
-        anyhow::bail!("`sifr exec` needs a command: sifr exec IMAGE -- COMMAND [ARGS...]");
-    }
-    let image = ImageRef::parse(&args.image)?;
-    let cancel = Cancel::default();
-    let runtime = runtime(globals, &args.options, &cancel)?;
-    cancel.install()?;
-    let options = RunOptions {
-        binds: args.bind,
-        env: args.env,
-        pwd: args.pwd,
-        nv: args.nv,
-        extra_args: args.apptainer_arg,
-        host_env: HostEnv {
-            container_env: args.keep_container_env,
-            binds: !args.no_env_binds,
-        },
-    };
-    let mut display = Display::new(globals);
-    let pulled = runtime.pull(&image, Purpose::Run, &mut |p| display.update(p));
-    display.finish();
-    let pulled = match pulled {
-        Err(e) if interrupted_code(&e).is_some() => {
-            eprintln!("sifr: error: {e}");
-            return Ok(interrupted_code(&e).unwrap_or(exit::FAILURE));
-        }
-        other => other?,
-    };
-    // Stopped after the pull, before the container started.
-    if let Some(stopped) = cancel.code() {
-        return Ok(stopped);
-    }
-    if globals.verbose > 0 {
-        for name in sifr::apptainer::BIND_VARS {
-            if let Some(value) = std::env::var_os(name).filter(|_| options.host_env.binds) {
-                eprintln!(
-                    "sifr: binds from the environment: {name}={}",
-                    value.to_string_lossy()
-                );
-            }
-        }
-    }
-    // The pulled image stays held until apptainer is done with it.
-    let code = runtime.run_pulled(&pulled, mode, &options, &args.args)?;
-    // The container's own code; codes beyond 255 cannot be passed on.
-    Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
 }
