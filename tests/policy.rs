@@ -292,7 +292,7 @@ fn artifact_of(cache: &CompileCache, plugin: &sifr::policy::LoadedPlugin) -> std
             p.file_name()
                 .unwrap()
                 .to_string_lossy()
-                .starts_with(&plugin.sha256)
+                .starts_with(plugin.sha256.as_hex())
         })
         .expect("an artifact was written")
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::SITE_CONFIG;
 use super::file::{PluginToml, toml_to_json};
 use super::layers::Layer;
+use crate::reference::WasmDigest;
 
 /// What to do when a plugin fails (traps, times out, returns garbage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -34,8 +35,8 @@ pub enum PluginSource {
 pub struct PluginSpec {
     pub name: String,
     pub source: PluginSource,
-    /// The pinned sha256 (lowercase hex), if any.
-    pub sha256: Option<String>,
+    /// The pinned sha256, if any.
+    pub sha256: Option<WasmDigest>,
     /// The `settings` table, as the JSON object the plugin receives.
     pub settings: serde_json::Value,
     pub on_error: OnError,
@@ -98,18 +99,11 @@ pub(super) fn plugin_spec(
         }
     };
     let sha256 = match entry.sha256 {
-        Some(pin) => {
-            let hex = pin
-                .strip_prefix("sha256:")
-                .unwrap_or(&pin)
-                .to_ascii_lowercase();
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "plugin '{name}': sha256 = {pin:?} is not 64 hex digits; get it with `sha256sum FILE.wasm`"
-                ));
-            }
-            Some(hex)
-        }
+        Some(pin) => Some(WasmDigest::parse_pin(&pin).map_err(|_| {
+            format!(
+                "plugin '{name}': sha256 = {pin:?} is not 64 hex digits; get it with `sha256sum FILE.wasm`"
+            )
+        })?),
         None => None,
     };
     let mut settings = entry.settings;

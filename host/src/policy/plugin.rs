@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
@@ -14,7 +13,7 @@ use super::validate::{self, Verdict};
 use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
 use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, WasmDigest};
 use crate::untrusted;
 
 /// The plugins embedded in the binary: `builtin = "<name>"`.
@@ -63,8 +62,8 @@ pub struct LoadedPlugin {
     pub name: String,
     /// `builtin:NAME` or the `.wasm` path.
     pub source: String,
-    /// Full sha256 of the component, lowercase hex.
-    pub sha256: String,
+    /// Full sha256 of the component.
+    pub sha256: WasmDigest,
     /// The contract version the plugin was built against (`0.1.0`).
     pub api_version: String,
     pub settings: serde_json::Value,
@@ -131,27 +130,29 @@ impl LoadedPlugin {
                 (bytes.into(), path.display().to_string())
             }
         };
-        let sha256 = hex::encode(Sha256::digest(&wasm));
+        let sha256 = WasmDigest::of(&wasm);
         if let Some(expected) = &spec.sha256
             && *expected != sha256
         {
             return Err(PluginLoadError::PinMismatch {
                 plugin: name,
                 path: source.into(),
-                expected: expected.clone(),
-                actual: sha256,
+                expected: expected.to_string(),
+                actual: sha256.to_string(),
             });
         }
-        let short = short_sha(&sha256);
+        let short = short_sha(sha256.as_hex());
         // A site-locked plugin is always compiled from its (pinned) wasm:
         // the compiled-plugin cache is the user's to write, and the site's
         // policy must not rest on anything the user can write.
         let cache = cache.filter(|_| !spec.locked);
         let (component, artifact) =
-            compile(sandbox, cache, &wasm, &sha256).map_err(|reason| PluginLoadError::Compile {
-                plugin: name.clone(),
-                sha256: short.clone(),
-                reason,
+            compile(sandbox, cache, &wasm, sha256.as_hex()).map_err(|reason| {
+                PluginLoadError::Compile {
+                    plugin: name.clone(),
+                    sha256: short.clone(),
+                    reason,
+                }
             })?;
         let wrong = |reason: String| PluginLoadError::WrongContract {
             plugin: name.clone(),
@@ -207,7 +208,7 @@ impl LoadedPlugin {
 
     /// `sha256:` and the first 12 hex digits.
     pub fn short_sha(&self) -> String {
-        short_sha(&self.sha256)
+        short_sha(self.sha256.as_hex())
     }
 
     /// Ask the plugin to decide. A fresh instance is made for the call, so
