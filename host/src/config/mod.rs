@@ -4,8 +4,9 @@
 //!
 //! 1. site: `/etc/sifr/config.toml`
 //! 2. user: `$XDG_CONFIG_HOME/sifr/config.toml` (`~/.config/sifr/config.toml`)
-//! 3. `$SIFR_CONFIG` (must exist when set)
-//! 4. `--config FILE` (must exist when given)
+//! 3. env: `$SIFR_CONFIG` (must exist when set); the CLI reads the variable
+//!    and passes it to [`ConfigSources::standard`]
+//! 4. cli: `--config FILE` (must exist when given)
 //!
 //! How they combine:
 //!
