@@ -176,6 +176,7 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     let cache = CompileCache::new(scratch.path().join("plugins"));
     let options = PolicyOptions {
         compile_cache: Some(cache.clone()),
+        ..Default::default()
     };
     let config = Config::default();
     let first = Policy::load(&config, &options).unwrap();
@@ -303,6 +304,7 @@ fn a_site_locked_plugin_is_never_loaded_from_the_compile_cache() {
     let cache = CompileCache::new(scratch.path().join("plugins"));
     let options = PolicyOptions {
         compile_cache: Some(cache.clone()),
+        ..Default::default()
     };
     let tags =
         "[[plugin]]\nname = \"rules\"\nbuiltin = \"tags\"\n[plugin.settings]\ndeny-latest = true\n";
@@ -351,6 +353,7 @@ fn artifacts_are_checked_on_the_descriptor_not_the_path() {
     let cache = CompileCache::new(scratch.path().join("plugins"));
     let options = PolicyOptions {
         compile_cache: Some(cache.clone()),
+        ..Default::default()
     };
     let config = Config::default();
     let first = Policy::load(&config, &options).unwrap();
@@ -390,6 +393,7 @@ fn artifacts_are_checked_on_the_descriptor_not_the_path() {
     std::os::unix::fs::symlink(cache.dir(), &link).unwrap();
     let linked = PolicyOptions {
         compile_cache: Some(CompileCache::new(&link)),
+        ..Default::default()
     };
     let via_link = Policy::load(&config, &linked).unwrap();
     assert_eq!(via_link.plugins()[0].artifact, ArtifactOrigin::Compiled);

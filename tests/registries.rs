@@ -1268,6 +1268,7 @@ fn system_policy(root: &Path) -> Result<sifr::Policy, sifr::Error> {
     })?;
     let options = sifr::PolicyOptions {
         compile_cache: sifr::policy::CompileCache::for_cache_root(&cache().join("sifr")),
+        ..Default::default()
     };
     Ok(sifr::Policy::load(&config, &options)?)
 }

@@ -16,6 +16,7 @@ fn options() -> PolicyOptions {
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
     PolicyOptions {
         compile_cache: Some(CompileCache::new(dir.path().join("plugins"))),
+        ..Default::default()
     }
 }
 

@@ -8,9 +8,7 @@
 //! found on PATH (or `$SIFR_APPTAINER`).
 
 use sifr::apptainer::{RunMode, RunOptions};
-use sifr::{
-    Config, ConfigSources, Context, Error, ImageRef, Progress, Purpose, Runtime, RuntimeOptions,
-};
+use sifr::{Config, ConfigSources, Context, Error, ImageRef, Progress, Purpose, RuntimeBuilder};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -21,11 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the ones it honours.
     let env = |name| std::env::var_os(name).map(Into::into);
     let config = Config::load(&ConfigSources::standard(None, env("SIFR_CONFIG")))?;
-    let options = RuntimeOptions {
-        apptainer_env: env("SIFR_APPTAINER"),
-        ..RuntimeOptions::default()
-    };
-    let runtime = Runtime::new(config, options)?;
+    let runtime = RuntimeBuilder::new(config)
+        .cache_dir(None, env("SIFR_CACHE_DIR"))
+        .apptainer(None, env("SIFR_APPTAINER"))
+        .build()?;
 
     // What the policy plans, without pulling.
     for source in runtime

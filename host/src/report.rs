@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, OnError};
 use crate::policy::{ArtifactOrigin, LoadedPlugin, Outcome, Resolution, Source, Step};
 use crate::reference::ImageRef;
+use crate::runtime::Pulled;
 
 /// The version of the shapes below.
 pub const SCHEMA: u32 = 1;
@@ -212,6 +213,39 @@ impl CheckResult {
             input: input.to_string(),
             image: image.to_string(),
             step: step.clone(),
+        }
+    }
+}
+
+/// `sifr pull --json`: one per image.
+#[derive(Debug, Serialize)]
+pub struct PullReport {
+    pub schema: u32,
+    pub input: String,
+    /// What was pulled or found in the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<Pulled>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PullReport {
+    pub fn pulled(input: &str, pulled: &Pulled) -> Self {
+        Self {
+            schema: SCHEMA,
+            input: input.to_string(),
+            pulled: Some(pulled.clone()),
+            error: None,
+        }
+    }
+
+    pub fn failed(input: &str, error: &dyn std::fmt::Display) -> Self {
+        Self {
+            schema: SCHEMA,
+            input: input.to_string(),
+            pulled: None,
+            error: Some(error.to_string()),
         }
     }
 }

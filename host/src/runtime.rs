@@ -131,7 +131,8 @@ pub struct RuntimeOptions {
     /// `$SIFR_APPTAINER`, as the CLI passes it: wins over the config's
     /// `[apptainer] path`. The library reads no environment variable.
     pub apptainer_env: Option<PathBuf>,
-    /// The cache root; default [`crate::cache_root_for`].
+    /// The cache root; default [`crate::default_cache_root`]. Settled by
+    /// [`crate::RuntimeBuilder`].
     pub cache_dir: Option<PathBuf>,
     /// Per-attempt limit; default the config's, else 20 minutes. Waiting
     /// for another process's pull of the same image is bounded by it too.
@@ -142,6 +143,9 @@ pub struct RuntimeOptions {
     /// [`interrupted_by`] recognises. Checked while waiting for a lock,
     /// pulling and hashing.
     pub cancel: Option<Arc<AtomicUsize>>,
+    /// The engine plugins run on, shared with other runtimes; `None` starts
+    /// one for this runtime.
+    pub engine: Option<crate::policy::PolicyEngine>,
 }
 
 /// Policy, cache and apptainer, together.
@@ -159,13 +163,14 @@ impl Runtime {
         let root = options
             .cache_dir
             .clone()
-            .or_else(|| crate::cache_root_for(&config))
+            .or_else(|| crate::default_cache_root(&config))
             .ok_or(Error::NoCacheDir)?;
         let cache = Cache::open(&root)
             .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?
             .trusting(&config.trusted_owners);
         let policy_options = PolicyOptions {
             compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
+            engine: options.engine.clone(),
         };
         let policy = Policy::load(&config, &policy_options)?;
         Ok(Self {

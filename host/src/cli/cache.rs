@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytesize::ByteSize;
 use serde_json::json;
 use sifr::cache::{Cache, Entry, Selector, unix_now};
@@ -93,8 +93,7 @@ fn open(globals: &Globals) -> Result<Cache> {
         globals.config.clone(),
         super::config_env(),
     ))?;
-    let root = sifr::cache_root_for(&config).ok_or(sifr::Error::NoCacheDir)?;
-    Cache::open(&root).with_context(|| format!("opening the cache at {}", root.display()))
+    Ok(super::builder(config).cache()?)
 }
 
 fn age(entry: &Entry) -> String {

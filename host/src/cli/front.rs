@@ -19,7 +19,7 @@ use sifr::front::{
     find_real, place, take_explain,
 };
 use sifr::policy::host_arch;
-use sifr::{Config, ConfigSources, Context, ImageRef, Progress, Purpose, Runtime, RuntimeOptions};
+use sifr::{Config, ConfigSources, Context, ImageRef, Progress, Purpose, Runtime};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::{Globals, exit};
@@ -139,7 +139,7 @@ fn status(args: &[String]) -> Result<u8> {
         Err(e) => println!("real apptainer: none: {e}"),
     }
     if let Some(config) = &config {
-        match sifr::cache_root_for(config) {
+        match super::builder(config.clone()).cache_root() {
             Some(root) => println!("cache: {}", root.display()),
             None => println!("cache: none (set `[cache] dir` in the site config)"),
         }
@@ -298,15 +298,11 @@ fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error>
             },
         )?;
     }
-    Runtime::new(
-        config,
-        RuntimeOptions {
-            apptainer: Some(real.path.clone()),
-            pull_timeout,
-            cancel: Some(cancel),
-            ..RuntimeOptions::default()
-        },
-    )
+    super::builder(config)
+        .apptainer(Some(real.path.clone()), None)
+        .pull_timeout(None, pull_timeout)
+        .cancel(cancel)
+        .build()
 }
 
 /// A failed pull: one FATAL line, or, when a signal stopped it, the death

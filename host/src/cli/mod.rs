@@ -230,6 +230,16 @@ pub fn config_env() -> Option<std::path::PathBuf> {
     std::env::var_os("SIFR_CONFIG").map(Into::into)
 }
 
+/// A [`sifr::RuntimeBuilder`] for `config`, given what the environment
+/// says: the CLI reads `$SIFR_CACHE_DIR` and `$SIFR_APPTAINER` here (and
+/// `$SIFR_PULL_TIMEOUT` through clap), and the builder settles them against
+/// flags and the config. Commands add their flags.
+pub fn builder(config: sifr::Config) -> sifr::RuntimeBuilder {
+    sifr::RuntimeBuilder::new(config)
+        .cache_dir(None, std::env::var_os("SIFR_CACHE_DIR").map(Into::into))
+        .apptainer(None, apptainer_env())
+}
+
 /// `$SIFR_APPTAINER`, for `RuntimeOptions::apptainer_env`.
 pub fn apptainer_env() -> Option<std::path::PathBuf> {
     std::env::var_os("SIFR_APPTAINER").map(Into::into)

@@ -9,7 +9,7 @@ use sifr::policy::{ArtifactOrigin, Outcome, StepOutcome};
 use sifr::report::{self, CheckResult, PluginCheckReport, PluginListReport, PluginReport};
 use sifr::{
     Config, ConfigSources, Context, ImageRef, OnError, PluginSource, PluginSpec, Policy,
-    PolicyOptions, SandboxLimits,
+    SandboxLimits,
 };
 
 use super::{Globals, exit, level_name};
@@ -72,7 +72,7 @@ pub struct CheckArgs {
 pub fn run(globals: &Globals, command: Command) -> Result<u8> {
     match command {
         Command::Ls { json } => ls(globals, json),
-        Command::Check(args) => check(args),
+        Command::Check(args) => check(globals, args),
     }
 }
 
@@ -81,8 +81,8 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
         globals.config.clone(),
         super::config_env(),
     ))?;
-    let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
-        .map_err(sifr::Error::from)
+    let policy = super::builder(config.clone())
+        .policy()
         .context("loading the policy chain")?;
     if json {
         let report = PluginListReport::of(&config, policy.plugins());
@@ -117,7 +117,13 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn check(args: CheckArgs) -> Result<u8> {
+fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {
+    // The config only chooses where compiled plugins are kept, as for
+    // every other command; the plugin runs alone, with the limits given.
+    let config = Config::load(&ConfigSources::standard(
+        globals.config.clone(),
+        super::config_env(),
+    ))?;
     let settings = match &args.settings {
         Some(path) => sifr::config::load_settings_file(path)?,
         None => json!({}),
@@ -141,8 +147,8 @@ fn check(args: CheckArgs) -> Result<u8> {
         timeout: Duration::from_millis(args.timeout_ms),
         memory_bytes: (args.memory_mib as usize) << 20,
     };
-    let policy = Policy::load_single(&spec, limits, &PolicyOptions::standard())
-        .map_err(sifr::Error::from)?;
+    let options = super::builder(config).policy_options();
+    let policy = Policy::load_single(&spec, limits, &options).map_err(sifr::Error::from)?;
     let plugin = &policy.plugins()[0];
     let ctx = Context::new(args.purpose.into());
 

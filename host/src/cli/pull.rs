@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
+use sifr::report::PullReport;
 use sifr::runtime::interrupted_by;
-use sifr::{Config, ConfigSources, ImageRef, Purpose, Runtime, RuntimeOptions};
+use sifr::{Config, ConfigSources, ImageRef, Purpose, Runtime};
 
 use super::progress::Display;
 use super::{Globals, exit};
@@ -51,16 +51,12 @@ pub(super) fn runtime(
         globals.config.clone(),
         super::config_env(),
     ))?;
-    Ok(Runtime::new(
-        config,
-        RuntimeOptions {
-            apptainer: options.apptainer.clone(),
-            apptainer_env: super::apptainer_env(),
-            cache_dir: None,
-            pull_timeout: options.pull_timeout,
-            cancel: Some(cancel.0.clone()),
-        },
-    )?)
+    // `--pull-timeout` has read $SIFR_PULL_TIMEOUT already (clap's `env`).
+    Ok(super::builder(config)
+        .apptainer(options.apptainer.clone(), super::apptainer_env())
+        .pull_timeout(options.pull_timeout, None)
+        .cancel(cancel.0.clone())
+        .build()?)
 }
 
 /// SIGINT, SIGTERM and SIGHUP while pulling: the pull stops (apptainer's
@@ -99,19 +95,15 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
     let cancel = Cancel::default();
     let runtime = runtime(globals, &args.options, &cancel)?;
     cancel.install()?;
-    let mut code = 0;
+    let mut code = exit::FirstFailure::default();
     let mut out = Vec::new();
     for input in &args.images {
         let image = match ImageRef::parse(input) {
             Ok(image) => image,
             Err(e) => {
                 eprintln!("sifr: error: {e}");
-                code = if code == 0 {
-                    exit::INVALID_REFERENCE
-                } else {
-                    code
-                };
-                out.push(json!({"input": input, "error": e.to_string()}));
+                code.note(exit::INVALID_REFERENCE);
+                out.push(PullReport::failed(input, &e));
                 continue;
             }
         };
@@ -121,7 +113,7 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
         match result {
             Ok(pulled) => {
                 if args.json {
-                    out.push(json!({"input": input, "pulled": pulled}));
+                    out.push(PullReport::pulled(input, &pulled));
                 } else {
                     println!("{}", pulled.path.display());
                     // A one-line summary for people; scripts read stdout.
@@ -140,12 +132,8 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
                 if let Some(stopped) = interrupted_code(&e) {
                     return Ok(stopped);
                 }
-                code = if code == 0 {
-                    super::sifr_exit_code(&e)
-                } else {
-                    code
-                };
-                out.push(json!({"input": input, "error": e.to_string()}));
+                code.note(super::sifr_exit_code(&e));
+                out.push(PullReport::failed(input, &e));
             }
         }
     }
@@ -155,5 +143,5 @@ pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
-    Ok(code)
+    Ok(code.code())
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result};
 use sifr::policy::{Outcome, Step, StepOutcome};
 use sifr::report::ResolveReport;
-use sifr::{Config, ConfigSources, Context, ImageRef, Policy, PolicyOptions, Resolution, Source};
+use sifr::{Config, ConfigSources, Context, ImageRef, Resolution, Source};
 
 use super::{Globals, exit, level_name};
 
@@ -38,8 +38,8 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
         globals.config.clone(),
         super::config_env(),
     ))?;
-    let policy = Policy::load(&config, &PolicyOptions::for_config(&config))
-        .map_err(sifr::Error::from)
+    let policy = super::builder(config)
+        .policy()
         .context("loading the policy chain")?;
     let mut ctx = Context::new(args.purpose.into());
     if let Some(arch) = args.arch {

@@ -24,25 +24,62 @@ use crate::reference::ImageRef;
 #[derive(Debug, Clone, Default)]
 pub struct PolicyOptions {
     /// Where compiled plugins are kept; `None` compiles in memory every time.
+    /// [`crate::RuntimeBuilder`] chooses it by the one rule sifr has.
     pub compile_cache: Option<CompileCache>,
+    /// The engine to run on, shared with other policies; `None` starts one.
+    pub engine: Option<PolicyEngine>,
 }
 
-impl PolicyOptions {
-    /// The standard compiled-plugin cache (see [`CompileCache::standard`]).
-    pub fn standard() -> Self {
-        Self {
-            compile_cache: CompileCache::standard(),
-        }
+/// The WebAssembly engine plugins run on, with its linker and its epoch
+/// thread. An embedder with many runtimes (or policies) makes one and hands
+/// it to each, so there is one engine and one epoch thread however many
+/// there are. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine(Arc<Sandbox>);
+
+impl PolicyEngine {
+    /// An engine whose linear memories each reserve `memory_budget` bytes
+    /// of address space: give the largest `memory-mib` of the chains it
+    /// will run (a plugin with a larger budget still runs; its memory then
+    /// moves as it grows). [`PolicyEngine::for_config`] reads it from a
+    /// config.
+    pub fn new(memory_budget: usize) -> Result<Self, PolicyError> {
+        Ok(Self(new_sandbox(memory_budget)?))
     }
 
-    /// The compiled-plugin cache under the cache root `config` selects.
-    pub fn for_config(config: &Config) -> Self {
-        Self {
-            compile_cache: match crate::cache_root_for(config) {
-                Some(root) => CompileCache::for_cache_root(&root),
-                None => CompileCache::per_user(),
-            },
-        }
+    /// An engine sized for `config`'s chain.
+    pub fn for_config(config: &Config) -> Result<Self, PolicyError> {
+        Self::new(largest_budget(config))
+    }
+
+    /// The wasmtime engine, for embedders that run other wasm beside sifr.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.0.engine
+    }
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").finish_non_exhaustive()
+    }
+}
+
+/// The largest memory budget of any plugin of `config`'s chain.
+fn largest_budget(config: &Config) -> usize {
+    config
+        .plugins
+        .iter()
+        .map(|spec| limits_of(config, spec).memory_bytes)
+        .max()
+        .unwrap_or(config.sandbox.memory_bytes)
+}
+
+/// The limits `spec` runs under: the site's for a site-locked plugin.
+fn limits_of(config: &Config, spec: &PluginSpec) -> SandboxLimits {
+    if spec.locked {
+        config.site_sandbox
+    } else {
+        config.sandbox
     }
 }
 
@@ -119,20 +156,20 @@ impl Resolution {
 impl Policy {
     /// Load every plugin of `config`'s chain, in order.
     pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, PolicyError> {
-        let limits = |spec: &PluginSpec| {
-            if spec.locked {
-                config.site_sandbox
-            } else {
-                config.sandbox
-            }
+        let engine = match &options.engine {
+            Some(engine) => engine.clone(),
+            None => PolicyEngine::for_config(config)?,
         };
-        let budget = config.plugins.iter().map(|s| limits(s).memory_bytes).max();
-        let sandbox = new_sandbox(budget.unwrap_or(config.sandbox.memory_bytes))?;
         let plugins = config
             .plugins
             .iter()
             .map(|spec| {
-                LoadedPlugin::load(spec, limits(spec), &sandbox, options.compile_cache.as_ref())
+                LoadedPlugin::load(
+                    spec,
+                    limits_of(config, spec),
+                    &engine.0,
+                    options.compile_cache.as_ref(),
+                )
             })
             .collect::<Result<_, PluginLoadError>>()?;
         Ok(Self { plugins })
@@ -144,8 +181,11 @@ impl Policy {
         limits: SandboxLimits,
         options: &PolicyOptions,
     ) -> Result<Self, PolicyError> {
-        let sandbox = new_sandbox(limits.memory_bytes)?;
-        let plugin = LoadedPlugin::load(spec, limits, &sandbox, options.compile_cache.as_ref())?;
+        let engine = match &options.engine {
+            Some(engine) => engine.clone(),
+            None => PolicyEngine::new(limits.memory_bytes)?,
+        };
+        let plugin = LoadedPlugin::load(spec, limits, &engine.0, options.compile_cache.as_ref())?;
         Ok(Self {
             plugins: vec![plugin],
         })

@@ -64,15 +64,6 @@ impl CompileCache {
         dirs::cache_dir().map(|d| Self::new(d.join("sifr").join("plugins")))
     }
 
-    /// `$SIFR_CACHE_DIR/plugins`, else `$XDG_CACHE_HOME/sifr/plugins`, by
-    /// the rule of [`CompileCache::for_cache_root`].
-    pub fn standard() -> Option<Self> {
-        match crate::cache_root() {
-            Some(root) => Self::for_cache_root(&root),
-            None => Self::per_user(),
-        }
-    }
-
     /// The compiled-plugin cache that goes with the sifr cache at `root`:
     /// `ROOT/plugins` when `root` is the user's and only the user can write
     /// it (a cache of one's own), else the per-user cache. A shared cache

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::reference::{DOCKER_HUB, ImageRef, ManifestDigest, SifDigest};
 
-pub use chain::{Outcome, Policy, PolicyOptions, Resolution, Step, StepOutcome};
+pub use chain::{Outcome, Policy, PolicyEngine, PolicyOptions, Resolution, Step, StepOutcome};
 pub use compile_cache::CompileCache;
 pub use error::{FailureKind, PluginFailure, PluginLoadError, PolicyError};
 pub use plugin::{ArtifactOrigin, LoadedPlugin, builtin_names};
