@@ -101,15 +101,11 @@ enum Recorded {
 impl Recorded {
     fn parse(digest: &str) -> Result<Self> {
         if let Some(rest) = digest.strip_prefix(SIF_DIGEST_PREFIX) {
-            return rest
-                .strip_prefix("sha256:")
-                .and_then(|hex| SifDigest::from_hex(hex).ok())
-                .map(Recorded::Sif)
-                .ok_or_else(|| {
-                    BvError::RuntimeError(format!(
-                        "{digest:?} is not a SIF digest (`sif:sha256:` and 64 hex digits)"
-                    ))
-                });
+            return SifDigest::parse(rest).map(Recorded::Sif).map_err(|_| {
+                BvError::RuntimeError(format!(
+                    "{digest:?} is not a SIF digest (`sif:sha256:` and 64 hex digits)"
+                ))
+            });
         }
         ManifestDigest::parse(digest)
             .map(Recorded::Manifest)

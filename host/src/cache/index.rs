@@ -261,3 +261,60 @@ fn parse_record(file: std::fs::File, meta: &std::fs::Metadata) -> Option<Entry> 
         .ok()
         .map(Entry::escaped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn record(sif_digest: &str, manifest_digest: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "identity": "docker.io/library/ubuntu:22.04 (amd64)",
+            "image": "docker.io/library/ubuntu:22.04",
+            "arch": "amd64",
+            "manifest-digest": manifest_digest,
+            "sif-digest": sif_digest,
+            "size": 1,
+            "source-uri": "docker://ubuntu:22.04",
+            "source-note": "origin",
+            "pulled-at": 0,
+            "apptainer-version": "1.3.0",
+            "plan-notes": [],
+            "stamp": {"size": 1, "mtime_ns": 0, "ctime_ns": 0, "ino": 0},
+        })
+    }
+
+    fn parsed(record: &serde_json::Value) -> Option<Entry> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        std::fs::write(&path, serde_json::to_vec(record).unwrap()).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        parse_record(file, &meta)
+    }
+
+    #[test]
+    fn a_record_is_written_as_it_always_was() {
+        let sif = format!("sha256:{HEX}");
+        let written = record(&sif, Some(&sif));
+        let entry = parsed(&written).expect("a valid record");
+        assert_eq!(entry.sif_digest.hex(), HEX);
+        assert_eq!(serde_json::to_value(&entry).unwrap(), written);
+    }
+
+    #[test]
+    fn a_record_whose_digests_are_not_digests_is_not_an_entry() {
+        let sif = format!("sha256:{HEX}");
+        assert!(parsed(&record(&sif, None)).is_some());
+        for bad_sif in [HEX, "sha256:abc", "sha256:../../etc/passwd", ""] {
+            assert!(parsed(&record(bad_sif, None)).is_none(), "{bad_sif}");
+        }
+        for bad_manifest in ["sha256:abc", "latest", "sha256:\u{1b}[2J"] {
+            assert!(
+                parsed(&record(&sif, Some(bad_manifest))).is_none(),
+                "{bad_manifest}"
+            );
+        }
+    }
+}

@@ -237,3 +237,34 @@ impl Cache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rm_reads_a_digest_or_its_start_as_a_sif_digest_and_anything_else_as_an_image() {
+        let hex = "921888871477".to_string() + &"0".repeat(52);
+        for sif in [
+            "92188887",
+            "921888871477",
+            "921888871477ABCD",
+            &format!("sha256:{hex}"),
+            &hex,
+        ] {
+            assert!(
+                matches!(Selector::parse(sif), Ok(Selector::Sif(_))),
+                "{sif}"
+            );
+        }
+        for image in ["ubuntu", "ubuntu:22.04", "9218888", "deadbeef:1", "a/one"] {
+            assert!(
+                matches!(Selector::parse(image), Ok(Selector::Image(_))),
+                "{image}"
+            );
+        }
+        for bad in ["sha256:xyz", "sha256:0123", "Ubuntu", ""] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
