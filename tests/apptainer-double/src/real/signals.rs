@@ -8,30 +8,24 @@
 //! caller uses to stop it, passes each one on to the current child, and
 //! when the work is over and cleaned up dies of the signal itself.
 //!
-//! std has no signal API, so this declares the few libc functions it needs
-//! (libc is linked into every Rust program on Linux anyway). The handler
-//! only touches atomics and calls `kill(2)`, both async-signal-safe.
+//! signal-hook installs the handler, and rustix sends signals; the
+//! handler only touches atomics and calls `kill(2)`, both async-signal-safe.
 
-use std::ffi::c_int;
 use std::process;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-const SIGHUP: c_int = 1;
-const SIGINT: c_int = 2;
-const SIGQUIT: c_int = 3;
-const SIGTERM: c_int = 15;
-/// The signals a caller stops apptainer with; the same numbers on every
-/// Linux architecture (unlike `SIGUSR1`, for instance).
-const FORWARDED: [c_int; 4] = [SIGHUP, SIGINT, SIGQUIT, SIGTERM];
+use rustix::process::{Pid, Signal, kill_process};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
-/// `sighandler_t` values.
-const SIG_DFL: usize = 0;
-const SIG_IGN: usize = 1;
-const SIG_ERR: usize = usize::MAX;
+/// The signals a caller stops apptainer with.
+const FORWARDED: [i32; 4] = [SIGHUP, SIGINT, SIGQUIT, SIGTERM];
 
-unsafe extern "C" {
-    fn signal(signum: c_int, handler: usize) -> usize;
-    fn kill(pid: i32, sig: c_int) -> c_int;
+/// `kill(2)` from a signal handler or elsewhere; errors (the child is gone)
+/// are nothing to act on.
+fn send(pid: i32, sig: i32) {
+    if let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) {
+        let _ = kill_process(pid, sig);
+    }
 }
 
 /// The pid signals go to; 0 while there is no child.
@@ -41,29 +35,38 @@ static PENDING: AtomicI32 = AtomicI32::new(0);
 /// The last signal that arrived; 0 if none has.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(sig: c_int) {
+fn on_signal(sig: i32) {
     RECEIVED.store(sig, Ordering::SeqCst);
     match TARGET.load(Ordering::SeqCst) {
         0 => PENDING.store(sig, Ordering::SeqCst),
-        pid => {
-            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
-            unsafe { kill(pid, sig) };
-        }
+        pid => send(pid, sig),
     }
 }
 
 /// Catch the forwarded signals from now on. A signal the caller had set to
-/// be ignored stays ignored, as it would for apptainer.
+/// be ignored (a shell's background job ignores SIGINT) stays ignored, as
+/// it would for apptainer.
 pub fn install() {
-    let handler = on_signal as extern "C" fn(c_int) as usize;
     for sig in FORWARDED {
-        // SAFETY: `on_signal` is an `extern "C" fn(c_int)`, the type a
-        // signal handler has, and it is async-signal-safe (see above).
-        unsafe {
-            if signal(sig, handler) == SIG_IGN {
-                signal(sig, SIG_IGN);
-            }
+        if ignored(sig) {
+            continue;
         }
+        // SAFETY: the handler only stores to atomics and calls kill(2),
+        // both async-signal-safe; it takes no lock and allocates nothing.
+        let registered = unsafe { signal_hook::low_level::register(sig, move || on_signal(sig)) };
+        if let Err(e) = registered {
+            eprintln!("apptainer-test-double: cannot catch signal {sig}: {e}");
+        }
+    }
+}
+
+/// Whether `sig` is set to be ignored.
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into `old`, a plain struct for which all-zero is a valid value.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -87,8 +90,7 @@ pub fn retarget(pid: u32) {
     TARGET.store(pid, Ordering::SeqCst);
     let pending = PENDING.swap(0, Ordering::SeqCst);
     if pending != 0 {
-        // SAFETY: kill(2) with plain integers.
-        unsafe { kill(pid, pending) };
+        send(pid, pending);
     }
 }
 
@@ -107,14 +109,8 @@ pub fn received() -> Option<i32> {
 /// death by signal it asked for. Call it only once the scratch files are
 /// gone.
 pub fn die_of(sig: i32) -> ! {
-    // SAFETY: restoring the default action and signalling ourselves, with
-    // plain integers. For a signal a process sends itself, POSIX has it
-    // delivered before kill(2) returns.
-    unsafe {
-        if signal(sig, SIG_DFL) != SIG_ERR {
-            kill(process::id() as i32, sig);
-        }
-    }
+    // Unregisters sifr's handler's effect: the default action, for real.
+    let _ = signal_hook::low_level::emulate_default_handler(sig);
     // Only if the signal did not end the process: the shell's convention.
     process::exit(128 + sig)
 }
