@@ -638,7 +638,7 @@ fn site_locked_plugins_keep_the_site_limits() {
     // The site's rule still has the last word.
     let resolution = policy.resolve(&image(), &Context::new(Purpose::Pull));
     assert!(
-        matches!(&resolution.outcome, Outcome::Denied { plugin, .. } if plugin == "site-rules"),
+        matches!(&resolution.outcome, Outcome::Deny { plugin, .. } if plugin == "site-rules"),
         "{:?}",
         resolution.steps
     );

@@ -341,7 +341,7 @@ fn a_site_locked_plugin_is_never_loaded_from_the_compile_cache() {
     let image = ImageRef::parse("ubuntu").unwrap();
     let outcome = policy.resolve(&image, &Context::new(Purpose::Pull)).outcome;
     assert!(
-        matches!(&outcome, Outcome::Denied { plugin, .. } if plugin == "rules"),
+        matches!(&outcome, Outcome::Deny { plugin, .. } if plugin == "rules"),
         "{outcome:?}"
     );
 }
@@ -434,11 +434,11 @@ fn a_denial_names_the_plugin_and_its_reason() {
     let image = ImageRef::parse("ubuntu:latest").unwrap();
     let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
     assert!(
-        matches!(&resolution.outcome, Outcome::Denied { plugin, reason }
+        matches!(&resolution.outcome, Outcome::Deny { plugin, reason }
         if plugin == "gatekeeper" && reason == "hostile plugin says no")
     );
     let err = Error::from(resolution.into_plan().unwrap_err());
-    assert!(matches!(err, Error::Denied { .. }));
+    assert!(matches!(err, Error::Deny { .. }));
     assert_eq!(
         err.to_string(),
         "docker.io/library/ubuntu:latest was denied by plugin 'gatekeeper': hostile plugin says no"

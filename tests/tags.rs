@@ -42,7 +42,7 @@ fn decide(policy: &Policy, image: &str) -> Result<Vec<String>, String> {
     let image = ImageRef::parse(image).unwrap();
     match policy.resolve(&image, &Context::new(Purpose::Pull)).outcome {
         Outcome::Plan(sources) => Ok(sources.iter().map(|s| s.uri()).collect()),
-        Outcome::Denied { reason, .. } => Err(reason),
+        Outcome::Deny { reason, .. } => Err(reason),
         Outcome::Failed(f) => panic!("{f}"),
     }
 }

@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let pulled = match runtime.pull(&image, Purpose::Run, &mut on_progress) {
         Ok(pulled) => pulled,
-        Err(Error::Denied { reason, .. }) => return Err(format!("policy says no: {reason}").into()),
+        Err(Error::Deny { reason, .. }) => return Err(format!("policy says no: {reason}").into()),
         Err(other) => return Err(other.into()),
     };
     println!("SIF: {} (cached: {})", pulled.path.display(), pulled.cached);

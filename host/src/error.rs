@@ -35,7 +35,7 @@ pub enum Error {
 
     /// The policy refused the image.
     #[error("{image} was denied by plugin '{plugin}': {reason}")]
-    Denied {
+    Deny {
         image: String,
         plugin: String,
         reason: String,
@@ -77,18 +77,18 @@ pub enum Error {
 }
 
 /// The policy's errors keep their place among sifr's: a plugin that does
-/// not load is still [`Error::PluginLoad`], a denial [`Error::Denied`], so
+/// not load is still [`Error::PluginLoad`], a denial [`Error::Deny`], so
 /// that embedders match on one enum.
 impl From<PolicyError> for Error {
     fn from(error: PolicyError) -> Self {
         match error {
             PolicyError::PluginLoad(e) => Self::PluginLoad(e),
             PolicyError::Engine { source } => Self::Engine { source },
-            PolicyError::Denied {
+            PolicyError::Deny {
                 image,
                 plugin,
                 reason,
-            } => Self::Denied {
+            } => Self::Deny {
                 image,
                 plugin,
                 reason,

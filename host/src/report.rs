@@ -40,7 +40,7 @@ pub enum ResolveResult {
         sources: Vec<Source>,
     },
     /// A plugin refused the image.
-    Denied {
+    Deny {
         image: ImageRef,
         canonical: String,
         steps: Vec<Step>,
@@ -69,7 +69,7 @@ impl ResolveReport {
                 steps,
                 sources: sources.clone(),
             },
-            Outcome::Denied { plugin, reason } => ResolveResult::Denied {
+            Outcome::Deny { plugin, reason } => ResolveResult::Deny {
                 image,
                 canonical,
                 steps,

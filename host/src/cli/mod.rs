@@ -307,7 +307,7 @@ pub fn sifr_exit_code(error: &sifr::Error) -> u8 {
     match error {
         sifr::Error::InvalidReference(_) => exit::INVALID_REFERENCE,
         sifr::Error::Config(_) | sifr::Error::PluginLoad(_) => exit::CONFIG,
-        sifr::Error::Denied { .. } => exit::DENIED,
+        sifr::Error::Deny { .. } => exit::DENIED,
         sifr::Error::PluginFailed(_) => exit::PLUGIN_FAILED,
         sifr::Error::Apptainer(_) => exit::NO_APPTAINER,
         sifr::Error::PullFailed { .. } => exit::PULL_FAILED,

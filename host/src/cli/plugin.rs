@@ -201,7 +201,7 @@ fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {
         }
         match resolution.outcome {
             Outcome::Plan(_) => {}
-            Outcome::Denied { .. } => code.note(exit::DENIED),
+            Outcome::Deny { .. } => code.note(exit::DENIED),
             Outcome::Failed(_) => code.note(exit::PLUGIN_FAILED),
         }
     }

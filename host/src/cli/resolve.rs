@@ -109,7 +109,7 @@ pub fn explain(input: &str, resolution: &Resolution) -> String {
                 let _ = writeln!(out, "    {}. {}{http}", n + 1, s.uri());
             }
         }
-        Outcome::Denied { plugin, reason } => {
+        Outcome::Deny { plugin, reason } => {
             let _ = writeln!(out, "  result: denied by '{plugin}': {reason}");
         }
         Outcome::Failed(failure) => {

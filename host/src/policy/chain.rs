@@ -15,7 +15,7 @@ use super::compile_cache::CompileCache;
 use super::error::{PluginFailure, PluginLoadError, PolicyError};
 use super::plugin::LoadedPlugin;
 use super::sandbox::{LogLine, Sandbox};
-use super::validate::Verdict;
+use super::validate::Decision;
 use super::{Context, Source};
 use crate::config::{Config, OnError, PluginSpec, SandboxLimits};
 use crate::reference::ImageRef;
@@ -123,7 +123,7 @@ pub enum StepOutcome {
 pub enum Outcome {
     /// Sources to try, in order.
     Plan(Vec<Source>),
-    Denied {
+    Deny {
         plugin: String,
         reason: String,
     },
@@ -143,7 +143,7 @@ impl Resolution {
     pub fn into_plan(self) -> Result<Vec<Source>, PolicyError> {
         match self.outcome {
             Outcome::Plan(sources) => Ok(sources),
-            Outcome::Denied { plugin, reason } => Err(PolicyError::Denied {
+            Outcome::Deny { plugin, reason } => Err(PolicyError::Deny {
                 image: self.image.to_string(),
                 plugin,
                 reason,
@@ -215,15 +215,15 @@ impl Policy {
             let elapsed = started.elapsed();
             // What the step shows, and the chain's outcome when it stops here.
             let (outcome, stop) = match report.result {
-                Ok(Verdict::Plan(sources)) => {
+                Ok(Decision::Plan(sources)) => {
                     plan = sources.clone();
                     (StepOutcome::Plan { sources }, None)
                 }
-                Ok(Verdict::Deny(reason)) => (
+                Ok(Decision::Deny(reason)) => (
                     StepOutcome::Deny {
                         reason: reason.clone(),
                     },
-                    Some(Outcome::Denied {
+                    Some(Outcome::Deny {
                         plugin: plugin.name.clone(),
                         reason,
                     }),

@@ -22,7 +22,7 @@ pub enum PolicyError {
 
     /// The policy refused the image.
     #[error("{image} was denied by plugin '{plugin}': {reason}")]
-    Denied {
+    Deny {
         image: String,
         plugin: String,
         reason: String,

@@ -10,6 +10,13 @@
 //! - [`validate`]: what a plugin returns, checked before the host uses it.
 //! - [`chain`]: running the plugins in order.
 //! - [`error`]: how loading or running the chain fails.
+//!
+//! What the policy says has one set of names: each plugin returns a
+//! `Decision` (a plan, or `Deny` with a reason); each plugin's turn is a
+//! [`Step`] with its [`StepOutcome`] (`Plan`, `Deny`, or `Skipped`/`Failed`
+//! when it broke); the chain ends in an [`Outcome`] (`Plan`, `Deny` or
+//! `Failed`); and a [`Resolution`] holds the image, the steps and the
+//! outcome.
 
 mod chain;
 mod compile_cache;

@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 use super::compile_cache::CompileCache;
 use super::error::{FailureKind, PluginFailure, PluginLoadError};
 use super::sandbox::{Deadline, HostState, LogLine, Sandbox, arm_deadline, run_with_deadline};
-use super::validate::{self, Verdict};
+use super::validate::{self, Decision};
 use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
 use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
@@ -218,7 +218,7 @@ impl LoadedPlugin {
         image: &ImageRef,
         ctx: &Context,
         plan: &[Source],
-    ) -> CallReport<Verdict> {
+    ) -> CallReport<Decision> {
         let report = self.call("decide", async |store, plugin| {
             plugin.decide(store, image, ctx, plan).await
         });

@@ -22,13 +22,13 @@ pub const MAX_REASON: usize = 2048;
 
 /// A plugin's decision, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(crate) enum Decision {
     Plan(Vec<Source>),
     Deny(String),
 }
 
 /// `decision`, checked: for `image`, which a plan must honour.
-pub(crate) fn decision(decision: RawDecision, image: &ImageRef) -> Result<Verdict, String> {
+pub(crate) fn decision(decision: RawDecision, image: &ImageRef) -> Result<Decision, String> {
     match decision {
         RawDecision::Deny(reason) => {
             if reason.len() > MAX_REASON {
@@ -40,7 +40,7 @@ pub(crate) fn decision(decision: RawDecision, image: &ImageRef) -> Result<Verdic
             if reason.trim().is_empty() {
                 return Err("a denial with no reason; say why the image is refused".to_string());
             }
-            Ok(Verdict::Deny(untrusted::escape(&reason, MAX_REASON)))
+            Ok(Decision::Deny(untrusted::escape(&reason, MAX_REASON)))
         }
         RawDecision::Plan(sources) => {
             if sources.is_empty() {
@@ -58,7 +58,7 @@ pub(crate) fn decision(decision: RawDecision, image: &ImageRef) -> Result<Verdic
                 .map(|(i, s)| source(s).map_err(|e| format!("source #{}: {e}", i + 1)))
                 .collect::<Result<_, _>>()?;
             honours_pin(&sources, image)?;
-            Ok(Verdict::Plan(sources))
+            Ok(Decision::Plan(sources))
         }
     }
 }
@@ -119,7 +119,7 @@ fn source(s: RawSource) -> Result<Source, String> {
 mod tests {
     use super::*;
 
-    fn decision_for_test(d: RawDecision) -> Result<Verdict, String> {
+    fn decision_for_test(d: RawDecision) -> Result<Decision, String> {
         decision(d, &ImageRef::parse("ubuntu:22.04").unwrap())
     }
 
@@ -153,7 +153,7 @@ mod tests {
             "a",
             RawPullRef::Tag("1".into()),
         )]);
-        let Ok(Verdict::Plan(sources)) = decision_for_test(plan) else {
+        let Ok(Decision::Plan(sources)) = decision_for_test(plan) else {
             panic!("refused");
         };
         assert_eq!(sources[0].registry, "mirror.example");
