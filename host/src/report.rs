@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::cache::{BadEntry, Entry};
 use crate::config::{Config, OnError};
 use crate::policy::{ArtifactOrigin, LoadedPlugin, Outcome, Resolution, Source, Step};
 use crate::reference::ImageRef;
@@ -248,6 +249,78 @@ impl PullReport {
             error: Some(error.to_string()),
         }
     }
+}
+
+/// `sifr cache ls --json`: one per index record, the record as it is
+/// stored, plus the schema.
+#[derive(Debug, Serialize)]
+pub struct CacheEntryReport {
+    pub schema: u32,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+impl CacheEntryReport {
+    pub fn of(entry: &Entry) -> Self {
+        Self {
+            schema: SCHEMA,
+            entry: entry.clone(),
+        }
+    }
+}
+
+/// `sifr cache prune --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneReport {
+    pub schema: u32,
+    pub dry_run: bool,
+    /// Removed (or, on a dry run, to be removed).
+    pub removed: Vec<Entry>,
+    /// Kept because a pull or a run holds them.
+    pub in_use: Vec<Entry>,
+}
+
+/// `sifr cache verify --json`.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub schema: u32,
+    /// Entries whose file is missing or whose content changed.
+    pub bad: Vec<BadEntry>,
+}
+
+/// `sifr cache du --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DuReport {
+    pub schema: u32,
+    pub cache: PathBuf,
+    pub images: usize,
+    /// Bytes of the cached images.
+    pub size: u64,
+    /// Bytes of blobs and temporary files on disk, orphans included.
+    pub on_disk: u64,
+    pub by_source: Vec<SourceUsage>,
+    /// With `--max-size`: what `cache prune --max-size` would remove.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_max_size: Option<WouldPrune>,
+}
+
+/// Images and bytes that came from one registry (the mirror that served
+/// them).
+#[derive(Debug, Serialize)]
+pub struct SourceUsage {
+    pub registry: String,
+    pub images: usize,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WouldPrune {
+    pub max_size: u64,
+    pub would_remove: Vec<Entry>,
+    pub would_free: u64,
 }
 
 #[cfg(test)]

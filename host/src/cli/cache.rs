@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytesize::ByteSize;
-use serde_json::json;
+use sifr::report::{self, CacheEntryReport, PruneReport, VerifyReport};
 use sifr::cache::{Cache, Entry, Selector, unix_now};
 use sifr::{Config, ConfigSources};
 
@@ -120,7 +120,8 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
             let mut entries: Vec<Entry> = cache.entries()?.into_iter().map(|(_, e)| e).collect();
             super::cache_view::sort(&mut entries, sort);
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                let reports: Vec<_> = entries.iter().map(CacheEntryReport::of).collect();
+                println!("{}", serde_json::to_string_pretty(&reports)?);
             } else if entries.is_empty() {
                 if !globals.quiet {
                     eprintln!("sifr: the cache at {} is empty", cache.root().display());
@@ -181,14 +182,13 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
             }
             let pruned = cache.prune(older_than, max_size.map(|s| s.as_u64()), dry_run)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "dry-run": dry_run,
-                        "removed": pruned.removed,
-                        "in-use": pruned.in_use,
-                    }))?
-                );
+                let report = PruneReport {
+                    schema: report::SCHEMA,
+                    dry_run,
+                    removed: pruned.removed,
+                    in_use: pruned.in_use,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 let verb = if dry_run { "would remove" } else { "removed" };
                 for entry in &pruned.removed {
@@ -217,7 +217,11 @@ pub fn run(globals: &Globals, command: Command) -> Result<u8> {
         Command::Verify { json } => {
             let bad = cache.verify(&mut ())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"bad": bad}))?);
+                let report = VerifyReport {
+                    schema: report::SCHEMA,
+                    bad: bad.clone(),
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
             }
             for entry in &bad {
                 eprintln!(

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use bytesize::ByteSize;
-use serde_json::json;
+use sifr::report::{self, DuReport, SourceUsage, WouldPrune};
 use sifr::cache::{Cache, Entry, unix_now};
 
 /// The order of `sifr cache ls`.
@@ -157,27 +157,27 @@ pub fn du(
         slot.1 += entry.size;
     }
     if json {
-        let sources: Vec<_> = by_source
-            .iter()
-            .map(|(registry, (images, size))| {
-                json!({"registry": registry, "images": images, "size": size})
-            })
-            .collect();
-        let mut value = json!({
-            "cache": cache.root(),
-            "images": entries.len(),
-            "size": total,
-            "on-disk": on_disk,
-            "by-source": sources,
-        });
-        if let Some((max, removed)) = would_remove {
-            value["prune-max-size"] = json!({
-                "max-size": max,
-                "would-remove": removed,
-                "would-free": removed.iter().map(|e| e.size).sum::<u64>(),
-            });
-        }
-        return serde_json::to_string_pretty(&value).unwrap_or_default() + "\n";
+        let report = DuReport {
+            schema: report::SCHEMA,
+            cache: cache.root().to_path_buf(),
+            images: entries.len(),
+            size: total,
+            on_disk,
+            by_source: by_source
+                .iter()
+                .map(|(registry, (images, size))| SourceUsage {
+                    registry: registry.clone(),
+                    images: *images,
+                    size: *size,
+                })
+                .collect(),
+            prune_max_size: would_remove.map(|(max, removed)| WouldPrune {
+                max_size: max,
+                would_remove: removed.to_vec(),
+                would_free: removed.iter().map(|e| e.size).sum(),
+            }),
+        };
+        return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
     }
     let mut out = format!(
         "{} images, {} in {}\n",
