@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as Cases;
-use sifr::policy::CompileCache;
+use sifr::policy::{CompileCache, PolicyEngine};
 use sifr::reference::{validate_registry, validate_repository, validate_tag};
 use sifr::{
     Config, ConfigSources, Context, Error, ImageRef, ManifestDigest, OnError, Outcome,
@@ -534,9 +534,15 @@ fn registries_policy(conf: &str) -> Result<Policy, Error> {
     };
     // A loaded machine must not turn a slow configure() into a failure.
     config.sandbox.timeout = std::time::Duration::from_secs(20);
+    // One engine and one compile cache for every case: a case then pays
+    // for loading and configuring the plugin, not for starting an engine.
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| PolicyEngine::for_config(&config).unwrap());
     let options = PolicyOptions {
-        compile_cache: Some(CompileCache::new(compile_cache())),
-        ..Default::default()
+        // A folder the cache creates itself (0700): it keeps nothing in
+        // one that others can read.
+        compile_cache: Some(CompileCache::new(compile_cache().join("plugins"))),
+        engine: Some(engine.clone()),
     };
     // Whichever error type the policy area returns, it converts to the
     // library's.
@@ -734,7 +740,7 @@ fn expected_source(location: &str, rest: &str, plain_http: bool) -> (String, Str
 
 proptest! {
     // Each case loads the plugin: keep the count modest.
-    #![proptest_config(cases(32))]
+    #![proptest_config(cases(64))]
 
     #[test]
     fn a_generated_registries_conf_loads_and_plans_by_prefix(
