@@ -752,6 +752,23 @@ proptest! {
         for (table, image) in conf.tables.iter().zip(&images) {
             check_planned_by(&policy, table, image, &text)?;
         }
+        // A short name with an alias is pulled from the alias, its tag
+        // kept (no table matches alias.example, so from there alone).
+        for (name, target) in &conf.aliases {
+            let image = ImageRef::parse(&format!("{name}:1")).unwrap();
+            let plan = policy
+                .resolve(&image, &Context::new(Purpose::Pull))
+                .into_plan()
+                .map_err(|e| TestCaseError::fail(format!("{name}: {e}\n{text}")))?;
+            let got: Vec<_> = plan
+                .iter()
+                .map(|s| (s.registry.as_str(), s.repository.as_str(), &s.reference))
+                .collect();
+            let (registry, repository) = target.split_once('/').unwrap();
+            let tag = PullRef::Tag("1".to_string());
+            prop_assert_eq!(got, vec![(registry, repository, &tag)], "{}\n{}", name, text);
+        }
+        check_short_name_search(&policy, &conf, &text)?;
     }
 
     #[test]
@@ -833,6 +850,47 @@ fn check_planned_by(
         })
         .collect();
     prop_assert_eq!(got, expected, "{}\n{}", image, text);
+    Ok(())
+}
+
+/// A short name without an alias (`zz.short`: no alias name has a `.`)
+/// stays on Docker Hub with no search registries, goes to the one search
+/// registry there is, and with several is refused as ambiguous unless
+/// `short-name-mode` lets every one be tried, in order.
+fn check_short_name_search(
+    policy: &Policy,
+    conf: &GenConf,
+    text: &str,
+) -> Result<(), TestCaseError> {
+    let image = ImageRef::parse("zz.short:1").unwrap();
+    let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
+    let search = conf.search.clone().unwrap_or_default();
+    let tries_all = matches!(conf.mode, Some("permissive" | "disabled"));
+    if search.len() > 1 && !tries_all {
+        prop_assert!(
+            matches!(resolution.outcome, Outcome::Deny { .. }),
+            "an ambiguous short name was planned: {:?}\n{}",
+            resolution.outcome,
+            text
+        );
+        return Ok(());
+    }
+    let plan = resolution
+        .into_plan()
+        .map_err(|e| TestCaseError::fail(format!("zz.short: {e}\n{text}")))?;
+    let got: Vec<(String, String)> = plan
+        .iter()
+        .map(|s| (s.registry.clone(), s.repository.clone()))
+        .collect();
+    let expected: Vec<(String, String)> = if search.is_empty() {
+        vec![("docker.io".into(), "library/zz.short".into())]
+    } else {
+        search
+            .iter()
+            .map(|r| (r.to_ascii_lowercase(), "zz.short".into()))
+            .collect()
+    };
+    prop_assert_eq!(got, expected, "{}", text);
     Ok(())
 }
 
