@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytesize::ByteSize;
-use sifr::report::{self, CacheEntryReport, PruneReport, VerifyReport};
 use sifr::cache::{Cache, Entry, Selector, unix_now};
+use sifr::report::{self, CacheEntryReport, PruneReport, VerifyReport};
 use sifr::{Config, ConfigSources};
 
 use super::progress::Display;

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use bytesize::ByteSize;
-use sifr::report::{self, DuReport, SourceUsage, WouldPrune};
 use sifr::cache::{Cache, Entry, unix_now};
+use sifr::report::{self, DuReport, SourceUsage, WouldPrune};
 
 /// The order of `sifr cache ls`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
