@@ -84,9 +84,11 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "uppercase-first-component",
-        reason: "sifr follows distribution's rule that a first component with an uppercase \
-                 letter is a host (MyReg/foo is registry myreg); oci-spec's split_domain omits \
-                 that rule and keeps MyReg/foo as an (invalid, uppercase) Docker Hub repository",
+        reason: "distribution reads a first component with a capital letter as a host; sifr \
+                 lowercases hosts, and a dotless one (MyReg/foo) would then read as a Docker \
+                 Hub namespace, so that a policy judges one registry and apptainer pulls from \
+                 another: sifr refuses it (LOCALHOST is still localhost); oci-spec's \
+                 split_domain omits the rule and keeps MyReg/foo as a Docker Hub repository",
     },
     Known {
         id: "ipv6",
@@ -170,7 +172,11 @@ fn explain(input: &str) -> Result<Vec<&'static str>, String> {
                 reasons.push("host-case");
                 b.registry = lower;
             }
-            if let Some(host) = b.registry.strip_suffix(":443") {
+            // sifr keeps :443 on a dotless host, which would otherwise read
+            // as a Docker Hub namespace.
+            if let Some(host) = b.registry.strip_suffix(":443")
+                && (host.contains(['.', ':']) || host == "localhost")
+            {
                 reasons.push("port-443");
                 b.registry = host.to_string();
             }
@@ -204,7 +210,16 @@ fn explain(input: &str) -> Result<Vec<&'static str>, String> {
                 .map(|(_, p)| p);
             let digest = b.digest.as_deref().unwrap_or_default();
             let usable = |p: &str| p.len() <= 5 && matches!(p.parse::<u32>(), Ok(1..=65535));
-            if port.is_some_and(|p| !usable(p)) {
+            let (first, rest) = b.repository.split_once('/').unwrap_or((&b.repository, ""));
+            if b.registry == "docker.io"
+                && !rest.is_empty()
+                && first.bytes().any(|c| c.is_ascii_uppercase())
+                && first
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            {
+                reasons.push("uppercase-first-component");
+            } else if port.is_some_and(|p| !usable(p)) {
                 reasons.push("port-range");
             } else if digest.bytes().any(|c| c.is_ascii_uppercase()) {
                 reasons.push("digest-uppercase-hex");
@@ -302,11 +317,11 @@ fn corpus() -> Vec<(String, Vec<&'static str>)> {
             &["port-443", "hub-aliases"],
         ),
         ("index.docker.io:443/ubuntu", &["port-443", "hub-aliases"]),
-        ("MyReg/foo", &["uppercase-first-component", "host-case"]),
+        ("MyReg/foo", &["uppercase-first-component"]),
         ("LOCALHOST/foo", &["uppercase-first-component", "host-case"]),
         (
             "docker://MyReg/foo",
-            &["docker-scheme", "uppercase-first-component", "host-case"],
+            &["docker-scheme", "uppercase-first-component"],
         ),
         ("[::1]:5000/foo:1", &["ipv6"]),
         ("[fe80::1]/foo", &["ipv6"]),

@@ -250,6 +250,11 @@ impl ImageRef {
             None => (name, None),
         };
 
+        if let Some((first, _)) = name.split_once('/')
+            && let Some(error) = ambiguous_host(first)
+        {
+            return Err(error);
+        }
         let (registry, repository, short_name) = match name.split_once('/') {
             Some((first, rest)) if looks_like_registry(first) => (first, rest.to_string(), None),
             _ => (DOCKER_HUB, name.to_string(), Some(name.to_string())),
@@ -293,13 +298,46 @@ impl fmt::Display for ImageRef {
 }
 
 /// Docker's rule: the first component names a registry when it has a `.` or
-/// a `:`, is `localhost`, or has an uppercase letter (a repository cannot).
-/// Otherwise it is a Docker Hub namespace.
+/// a `:`, or is `localhost`. Otherwise it is a Docker Hub namespace.
+///
+/// Docker also reads a first component with a capital letter (`MyReg/foo`)
+/// as a host. sifr refuses those instead (see [`ambiguous_host`]): hosts
+/// are lowercased, and `myreg/foo` would then read as Docker Hub's `myreg`
+/// namespace wherever the name is written again, in a `docker://` URI
+/// among others, so a policy would judge one registry and apptainer pull
+/// from another.
 fn looks_like_registry(component: &str) -> bool {
     component.contains('.')
         || component.contains(':')
-        || component == "localhost"
-        || component.bytes().any(|b| b.is_ascii_uppercase())
+        || component.eq_ignore_ascii_case("localhost")
+}
+
+/// Why a first component docker would read as a host cannot be one here.
+fn ambiguous_host(component: &str) -> Option<GrammarError> {
+    let host_like = component
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    (host_like
+        && !looks_like_registry(component)
+        && component.bytes().any(|b| b.is_ascii_uppercase()))
+    .then(|| {
+        GrammarError::new(format!(
+            "{component:?} has capitals, which docker reads as a registry host, but a host \
+                 with no '.' or ':' reads as a Docker Hub namespace once lowercased; write the \
+                 registry with its domain or port ({}.example.org/…, {}:5000/…), or the Docker \
+                 Hub namespace in lowercase ({}/…)",
+            component.to_ascii_lowercase(),
+            component.to_ascii_lowercase(),
+            component.to_ascii_lowercase()
+        ))
+    })
+}
+
+/// Whether `registry` (canonical) is read as a host when written before a
+/// repository in a reference or a `docker://` URI: Docker Hub is written
+/// implicitly, and any other host needs a `.`, a `:` or to be `localhost`.
+pub fn reads_as_host(registry: &str) -> bool {
+    registry == DOCKER_HUB || looks_like_registry(registry)
 }
 
 /// The one spelling of a (valid) registry, so that policies compare hosts
@@ -314,7 +352,12 @@ fn looks_like_registry(component: &str) -> bool {
 ///   are `docker.io`.
 pub fn canonical_registry(registry: &str) -> String {
     let lower = registry.to_ascii_lowercase();
-    let host = lower.strip_suffix(":443").unwrap_or(&lower);
+    // `myreg:443` keeps its port: without it, `myreg/x` would read as a
+    // Docker Hub namespace.
+    let host = match lower.strip_suffix(":443") {
+        Some(host) if looks_like_registry(host) => host,
+        _ => &lower,
+    };
     match host {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
         other => other.to_string(),
@@ -338,11 +381,7 @@ pub fn validate_registry(registry: &str) -> Result<(), GrammarError> {
         let Some((v6, after)) = rest.split_once(']') else {
             return bad("an IPv6 address needs a closing ']'");
         };
-        if v6.is_empty()
-            || !v6
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
             return bad("not an IPv6 address");
         }
         match after {
@@ -586,8 +625,6 @@ mod tests {
                 None,
                 false,
             ),
-            // An uppercase first component is a host, as docker reads it.
-            ("MyReg/foo", "myreg", "foo", None, false),
         ];
         for &(input, registry, repository, tag, digest) in cases {
             let r = ImageRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -616,6 +653,16 @@ mod tests {
             ("-bad.io/foo", "dot-separated"),
             ("foo;rm", "component \"foo;rm\""),
             ("foo/$(id)", "component"),
+            // Docker reads these as hosts; lowercased, they would read as
+            // Docker Hub namespaces, and a policy judge one registry while
+            // apptainer pulls from another.
+            (
+                "MyReg/foo",
+                "reads as a Docker Hub namespace once lowercased",
+            ),
+            ("A/a", "write the registry with its domain or port"),
+            ("[A]/a", "component \"[A]\""),
+            ("[a]:5000/foo", "not an IPv6 address"),
         ];
         for &(input, expect) in cases {
             let err = ImageRef::parse(input).expect_err(input).to_string();

@@ -37,8 +37,10 @@ pub fn host() -> impl Strategy<Value = String> {
         1 => prop_oneof![Just("localhost"), Just("LocalHost")].prop_map(String::from),
         1 => (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255)
             .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
-        1 => "\\[[0-9a-fA-F]{0,4}(:[0-9a-fA-F]{0,4}){1,5}\\]"
-            .prop_filter("an IPv6 address is not empty", |h| h != "[]"),
+        1 => (prop::array::uniform8(any::<u16>()), any::<bool>()).prop_map(|(segments, upper)| {
+            let address = std::net::Ipv6Addr::from(segments).to_string();
+            format!("[{}]", if upper { address.to_ascii_uppercase() } else { address })
+        }),
         1 => prop_oneof![
             Just("docker.io"),
             Just("index.docker.io"),

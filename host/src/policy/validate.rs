@@ -9,7 +9,8 @@ use super::wit::{RawDecision, RawPullRef, RawSource};
 use super::{PullRef, Source};
 use crate::reference::ImageRef;
 use crate::reference::{
-    ManifestDigest, canonical_registry, validate_registry, validate_repository, validate_tag,
+    ManifestDigest, canonical_registry, reads_as_host, validate_registry, validate_repository,
+    validate_tag,
 };
 use crate::untrusted;
 
@@ -105,9 +106,18 @@ fn source(s: RawSource) -> Result<Source, String> {
             s.note.len()
         ));
     }
+    // Hosts are compared as hosts by every later plugin and the cache.
+    let registry = canonical_registry(&s.registry);
+    if !reads_as_host(&registry) {
+        return Err(format!(
+            "registry {registry:?} has no '.' or ':' and is not localhost, so \
+             docker://{registry}/{} would be pulled from Docker Hub; give the host with its \
+             domain or port",
+            s.repository
+        ));
+    }
     Ok(Source {
-        // Hosts are compared as hosts by every later plugin and the cache.
-        registry: canonical_registry(&s.registry),
+        registry,
         repository: s.repository,
         reference,
         plain_http: s.plain_http,
@@ -143,6 +153,30 @@ mod tests {
         ] {
             let err = decision(plan(bad), &image).unwrap_err();
             assert!(err.contains("does not pull the pinned digest"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_registry_that_would_read_as_a_docker_hub_namespace_is_refused() {
+        for registry in ["MYREG", "myreg", "A"] {
+            let plan = RawDecision::Plan(vec![wit_source(
+                registry,
+                "foo",
+                RawPullRef::Tag("1".into()),
+            )]);
+            let err = decision_for_test(plan).unwrap_err();
+            assert!(
+                err.contains("would be pulled from Docker Hub"),
+                "{registry}: {err}"
+            );
+        }
+        for registry in ["localhost", "LOCALHOST:5000", "docker.io", "a.b", "[::1]"] {
+            let plan = RawDecision::Plan(vec![wit_source(
+                registry,
+                "foo",
+                RawPullRef::Tag("1".into()),
+            )]);
+            assert!(decision_for_test(plan).is_ok(), "{registry}");
         }
     }
 
