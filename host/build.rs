@@ -109,7 +109,7 @@ fn e2e_cfg() {
     if required || found("componentize-py") {
         println!("cargo:rustc-cfg=sifr_python");
     }
-    // The front's tests under real engines (tests/front.rs): Snakemake
+    // The front's tests under real engines (tests/all/front.rs): Snakemake
     // (from PyPI, in a venv: `$SIFR_SNAKEMAKE` names its `snakemake`), and
     // a single-node Slurm cluster (Debian's slurm-wlm and munge).
     println!("cargo::rustc-check-cfg=cfg(sifr_snakemake)");

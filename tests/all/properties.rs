@@ -7,8 +7,7 @@
 //! arbitrary text, which must be refused with the parser's typed error and
 //! never panic.
 
-mod common;
-mod strategies;
+use crate::strategies;
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -1,8 +1,8 @@
 //! The policy chain as a library user meets it: config, loading, pinning,
 //! chain order, settings and the compiled-plugin cache.
 
-mod common;
-mod components;
+use crate::common;
+use crate::components;
 
 use common::{Scratch, entry, plugin_wasm, sha256_hex};
 use sifr::policy::{ArtifactOrigin, CompileCache};

@@ -4,7 +4,7 @@
 //! (a file appearing, a line on a pipe), each bounded so that a hang fails
 //! loudly; none guesses timing with a sleep.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

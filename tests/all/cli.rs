@@ -1,6 +1,6 @@
 //! The `sifr` binary as users and scripts meet it: output, errors and exit codes.
 
-mod common;
+use crate::common;
 
 use common::{Scratch, entry, plugin_wasm, stderr, stdout};
 

@@ -1,7 +1,7 @@
 //! The built-in `tags` plugin: each rule denies or prefers as documented,
 //! and every denial names the rule that fired.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

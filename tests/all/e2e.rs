@@ -11,7 +11,7 @@
 //! Without the tools (and without `SIFR_E2E=1`) the build marks these tests
 //! ignored, and `cargo test` lists them as such.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};

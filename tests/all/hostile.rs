@@ -2,8 +2,8 @@
 //! clear error that names the plugin, its hash, the function and what
 //! happened, and the host keeps working for the next call.
 
-mod common;
-mod components;
+use crate::common;
+use crate::components;
 
 use std::path::Path;
 use std::sync::mpsc;

@@ -2,7 +2,7 @@
 //! would build a copy of it, and the Python plugin builds with
 //! componentize-py; both pass `sifr plugin check`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

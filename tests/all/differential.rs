@@ -8,8 +8,7 @@
 //! new and fails the test: decide whether it is a sifr bug or a deliberate
 //! difference, and record it here.
 
-mod common;
-mod strategies;
+use crate::strategies;
 
 use std::str::FromStr;
 

@@ -1,7 +1,7 @@
 //! The built-in `registries` plugin, through `sifr resolve --config X IMAGE`:
 //! the documented plan for each containers-registries.conf(5) v2 case.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

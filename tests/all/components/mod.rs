@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// The contract, as plugins build against it.
-const POLICY_WIT: &str = include_str!("../../wit/v0.1.0/policy.wit");
+const POLICY_WIT: &str = include_str!("../../../wit/v0.1.0/policy.wit");
 
 /// The two WASI interfaces a blocking start function needs: just the
 /// functions it calls, which the host's full interfaces satisfy.

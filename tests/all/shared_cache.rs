@@ -9,7 +9,7 @@
 //! them with `setpriv`); it is gated like the end-to-end tests: under
 //! `SIFR_E2E=1` it runs, and a missing tool or privilege fails it.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

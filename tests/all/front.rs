@@ -10,7 +10,7 @@
 //! Debian's slurm-wlm and munge; without them `cargo test` lists them as
 //! ignored, and under `SIFR_E2E=1` a missing tool fails them.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
