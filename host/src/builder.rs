@@ -171,7 +171,7 @@ impl RuntimeBuilder {
     pub fn cache(&self) -> Result<Cache, Error> {
         let root = self.cache_root().ok_or(Error::NoCacheDir)?;
         Ok(Cache::open(&root)
-            .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?
+            .map_err(|e| Error::Cache(crate::cache::CacheError::at(&root, e)))?
             .trusting(&self.config.trusted_owners))
     }
 

@@ -60,6 +60,10 @@ pub enum Error {
     #[error("no cache directory: set SIFR_CACHE_DIR or `[cache] dir` in the config")]
     NoCacheDir,
 
+    /// The SIF cache failed (full, unreadable, unwritable).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+
     /// The WebAssembly engine that runs the plugins could not be set up.
     #[error("could not start the WebAssembly engine: {source}")]
     Engine {

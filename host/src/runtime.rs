@@ -166,7 +166,7 @@ impl Runtime {
             .or_else(|| crate::default_cache_root(&config))
             .ok_or(Error::NoCacheDir)?;
         let cache = Cache::open(&root)
-            .map_err(|e| Error::io(format!("cannot open the cache at {}", root.display()), e))?
+            .map_err(|e| Error::Cache(crate::cache::CacheError::at(&root, e)))?
             .trusting(&config.trusted_owners);
         let policy_options = PolicyOptions {
             compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
@@ -593,19 +593,7 @@ impl crate::cache::HashProgress for HashReport<'_, '_> {
 
 /// An I/O error in the cache, saying what to do when it is full.
 fn cache_error(root: &Path, e: std::io::Error) -> Error {
-    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
-    let root = root.display();
-    if matches!(e.kind(), StorageFull | QuotaExceeded) {
-        return Error::io(
-            format!(
-                "the cache at {root} is out of space; free space there \
-                 (e.g. `sifr cache prune --max-size 20GiB`) or point SIFR_CACHE_DIR at a \
-                 filesystem with room"
-            ),
-            e,
-        );
-    }
-    Error::io(format!("cache at {root}"), e)
+    Error::Cache(crate::cache::CacheError::at(root, e))
 }
 
 /// Whether apptainer failed because the cache ran out of space: it says

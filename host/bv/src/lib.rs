@@ -320,6 +320,9 @@ pub fn bv_error(error: Error) -> BvError {
             runtime: NAME.to_string(),
             reason: e.to_string(),
         },
+        Error::Cache(ref cache) => {
+            BvError::Io(std::io::Error::new(cache.io().kind(), error.to_string()))
+        }
         Error::Io { ref source, .. } => {
             BvError::Io(std::io::Error::new(source.kind(), error.to_string()))
         }

@@ -32,6 +32,7 @@
 //! (the records), `store` (blobs, pulls in progress, lookups), `prune`
 //! (removal), `verify`; `lock`, `hash`, `trust` and `handoff` as before.
 
+mod error;
 mod handoff;
 mod hash;
 mod identity;
@@ -49,6 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
+pub use error::CacheError;
 pub use handoff::{RunnableSif, VerifiedBlob};
 pub use hash::{HashProgress, sha256_file};
 pub use identity::Identity;

@@ -311,9 +311,10 @@ pub fn sifr_exit_code(error: &sifr::Error) -> u8 {
         sifr::Error::PluginFailed(_) => exit::PLUGIN_FAILED,
         sifr::Error::Apptainer(_) => exit::NO_APPTAINER,
         sifr::Error::PullFailed { .. } => exit::PULL_FAILED,
-        sifr::Error::Io { .. } | sifr::Error::NoCacheDir | sifr::Error::Engine { .. } => {
-            exit::FAILURE
-        }
+        sifr::Error::Io { .. }
+        | sifr::Error::Cache(_)
+        | sifr::Error::NoCacheDir
+        | sifr::Error::Engine { .. } => exit::FAILURE,
     }
 }
 
