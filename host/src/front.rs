@@ -976,7 +976,7 @@ mod tests {
         );
         // Nextflow, ApptainerBuilderTest: `apptainer [-q -v] exec --no-home
         // --pid -B "$NXF_TASK_WORKDIR" <image> /bin/bash -c "cd …; …"`.
-        let a = action("-q -v exec --no-home --pid -B /work/ab/cd docker://ubuntu /bin/bash -c x");
+        let a = action("-q -v exec --no-home --pid -B /data/ab/cd docker://ubuntu /bin/bash -c x");
         assert_eq!(
             (a.command.as_str(), a.image_index, a.quiet),
             ("exec", 7, true)

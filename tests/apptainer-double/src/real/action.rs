@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn home_is_bound_and_the_working_directory_kept() {
         let options = ActionOptions {
-            home: Some("/work/flow".into()),
+            home: Some("/data/flow".into()),
             ..ActionOptions::default()
         };
         let command = ["sh".to_owned()];
@@ -509,15 +509,15 @@ mod tests {
             binds: &[],
             options: &options,
             command: &command,
-            cwd: Some(Path::new("/work/flow/sub")),
+            cwd: Some(Path::new("/data/flow/sub")),
         }
         .bwrap_args();
         let args = argv(&args);
-        assert_eq!(args[10..13], ["--bind", "/work/flow", "/work/flow"]);
+        assert_eq!(args[10..13], ["--bind", "/data/flow", "/data/flow"]);
         let chdir = args.iter().position(|a| *a == "--chdir").unwrap();
-        assert_eq!(args[chdir + 1], "/work/flow/sub");
+        assert_eq!(args[chdir + 1], "/data/flow/sub");
         let home = args.iter().position(|a| *a == "HOME").unwrap();
-        assert_eq!(args[home + 1], "/work/flow");
+        assert_eq!(args[home + 1], "/data/flow");
         // Elsewhere, the command starts where bubblewrap puts it.
         let elsewhere = sandbox_args(&options, &[], &["sh"]);
         assert!(!argv(&elsewhere).contains(&"--chdir"));
