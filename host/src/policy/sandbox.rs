@@ -179,20 +179,35 @@ pub(crate) enum Deadline<T> {
 ///   plugin's fiber is unwound, and the store is thrown away. (A store is
 ///   per call, so nothing half-run is ever reused.)
 ///
-/// sifr's own imports (`log`) never block. The timer runs on the tokio
-/// runtime that wasmtime-wasi keeps for its own blocking work, so no
-/// runtime is started here; the call blocks the calling thread.
+/// sifr's own imports (`log`) never block. The call runs on the calling
+/// thread ([`TIMERS`] only drives the timers), so a policy can be used from
+/// many threads at once.
 pub(crate) fn run_with_deadline<T>(
     timeout: Duration,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Deadline<T> {
-    wasmtime_wasi::runtime::in_tokio(async {
+    TIMERS.block_on(async {
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => Deadline::Done(result),
             Err(_elapsed) => Deadline::Blocked,
         }
     })
 }
+
+/// The runtime whose one worker thread drives the deadlines' timers (and
+/// WASI's clock waits), for every plugin call in the process. One thread,
+/// not one a core: wasmtime-wasi's default runtime would start a worker per
+/// core, 128 of them on a large node, for a few timers. The driver runs on
+/// that worker, not on a caller, so a plugin busy on one thread never
+/// holds up another thread's deadline.
+static TIMERS: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sifr-timers")
+        .enable_all()
+        .build()
+        .expect("starting sifr's timer thread")
+});
 
 /// Advance the engine's epoch every [`TICK`] while the engine lives.
 fn spawn_ticker(engine: &Engine) {
