@@ -16,7 +16,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::{CompileCache, Policy, PolicyEngine, PolicyOptions};
-use crate::runtime::{Runtime, RuntimeOptions};
+use crate::runtime::{DEFAULT_PULL_TIMEOUT, Runtime, RuntimeOptions};
 
 /// A value a program may give twice, from a flag and from the environment.
 #[derive(Debug, Clone)]
@@ -62,9 +62,6 @@ pub struct RuntimeBuilder {
     engine: Option<PolicyEngine>,
     cancel: Option<Arc<AtomicUsize>>,
 }
-
-/// The pull timeout when nothing sets one.
-pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 impl RuntimeBuilder {
     pub fn new(config: Config) -> Self {
@@ -170,9 +167,7 @@ impl RuntimeBuilder {
     /// The cache alone, trusting what the config says to trust.
     pub fn cache(&self) -> Result<Cache, Error> {
         let root = self.cache_root().ok_or(Error::NoCacheDir)?;
-        Ok(Cache::open(&root)
-            .map_err(|e| Error::Cache(crate::cache::CacheError::at(&root, e)))?
-            .trusting(&self.config.trusted_owners))
+        crate::runtime::open_cache(&root, &self.config)
     }
 
     /// The settled options, as [`Runtime::new`] takes them.

@@ -165,9 +165,7 @@ impl Runtime {
             .clone()
             .or_else(|| crate::default_cache_root(&config))
             .ok_or(Error::NoCacheDir)?;
-        let cache = Cache::open(&root)
-            .map_err(|e| Error::Cache(crate::cache::CacheError::at(&root, e)))?
-            .trusting(&config.trusted_owners);
+        let cache = open_cache(&root, &config)?;
         let policy_options = PolicyOptions {
             compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
             engine: options.engine.clone(),
@@ -592,6 +590,13 @@ impl crate::cache::HashProgress for HashReport<'_, '_> {
 }
 
 /// An I/O error in the cache, saying what to do when it is full.
+/// The cache at `root`, trusting whom `config` says to trust.
+pub(crate) fn open_cache(root: &Path, config: &Config) -> Result<Cache, Error> {
+    Ok(Cache::open(root)
+        .map_err(|e| cache_error(root, e))?
+        .trusting(&config.trusted_owners))
+}
+
 fn cache_error(root: &Path, e: std::io::Error) -> Error {
     Error::Cache(crate::cache::CacheError::at(root, e))
 }

@@ -10,8 +10,6 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode};
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Context as _, Result};
 use sifr::front::{
@@ -289,19 +287,15 @@ fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error>
     // A signal during a pull (Ctrl-C, scancel, an engine's timeout) stops
     // it: apptainer runs in a process group of its own, which sifr stops
     // and whose temporary file it removes (see `pull_failed`).
-    let cancel = Arc::new(AtomicUsize::new(0));
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        signal_hook::flag::register_usize(signal, cancel.clone(), signal as usize).map_err(
-            |e| sifr::Error::Io {
-                what: "cannot catch signals".into(),
-                source: e,
-            },
-        )?;
-    }
+    let cancel = super::pull::Cancel::default();
+    cancel.install().map_err(|source| sifr::Error::Io {
+        what: "cannot catch signals".into(),
+        source,
+    })?;
     super::builder(config)
         .apptainer(Some(real.path.clone()), None)
         .pull_timeout(None, pull_timeout)
-        .cancel(cancel)
+        .cancel(cancel.flag())
         .build()
 }
 

@@ -55,7 +55,7 @@ pub(super) fn runtime(
     Ok(super::builder(config)
         .apptainer(options.apptainer.clone(), super::apptainer_env())
         .pull_timeout(options.pull_timeout, None)
-        .cancel(cancel.0.clone())
+        .cancel(cancel.flag())
         .build()?)
 }
 
@@ -69,12 +69,17 @@ pub(super) struct Cancel(Arc<AtomicUsize>);
 impl Cancel {
     /// Catch the signals from now on. Until then (loading the config and
     /// the plugins), they end sifr as usual: there is nothing to clean up.
-    pub(super) fn install(&self) -> Result<()> {
+    pub(super) fn install(&self) -> std::io::Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         for signal in [SIGINT, SIGTERM, SIGHUP] {
             signal_hook::flag::register_usize(signal, self.0.clone(), signal as usize)?;
         }
         Ok(())
+    }
+
+    /// The flag the runtime checks (see `RuntimeBuilder::cancel`).
+    pub(super) fn flag(&self) -> Arc<AtomicUsize> {
+        self.0.clone()
     }
 
     /// The exit code for a signal that stopped us, if one did.
