@@ -119,6 +119,9 @@ pub struct PluginReport {
     pub settings: serde_json::Value,
     /// Whether its native code was compiled now or loaded from the cache.
     pub artifact: ArtifactOrigin,
+    /// `"once"`: decisions start from a snapshot of the configured
+    /// instance; `"each-decision"`: each fresh instance is configured.
+    pub configure: &'static str,
     pub timeout_ms: u64,
     pub memory_mib: usize,
 }
@@ -134,6 +137,11 @@ impl PluginReport {
             locked: plugin.locked,
             settings: plugin.settings.clone(),
             artifact: plugin.artifact,
+            configure: if plugin.configured_once() {
+                "once"
+            } else {
+                "each-decision"
+            },
             timeout_ms: plugin.limits.timeout.as_millis() as u64,
             memory_mib: plugin.limits.memory_bytes >> 20,
         }

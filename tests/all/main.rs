@@ -15,6 +15,7 @@ mod strategies;
 
 mod authoring;
 mod cli;
+mod configure_once;
 mod differential;
 mod e2e;
 mod front;

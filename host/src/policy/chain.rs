@@ -201,6 +201,40 @@ impl Policy {
         self.resolve_from(image, ctx, vec![Source::origin(image)])
     }
 
+    /// Run the chain for each of `images`, on as many threads as the
+    /// machine has cores (at most `images.len()`); the resolutions come back
+    /// in the order of `images`. Each decision still gets a fresh instance:
+    /// what is shared is what loading made once (compiled code, configured
+    /// snapshots, the engine and its pool), so bulk resolution costs what
+    /// one reference costs, spread over the cores.
+    pub fn resolve_many(&self, images: &[ImageRef], ctx: &Context) -> Vec<Resolution> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(images.len());
+        if workers <= 1 {
+            return images.iter().map(|i| self.resolve(i, ctx)).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut slots: Vec<Option<Resolution>> = vec![None; images.len()];
+        let done = std::sync::Mutex::new(&mut slots);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(image) = images.get(i) else { break };
+                        let resolution = self.resolve(image, ctx);
+                        done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(resolution);
+                    }
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .map(|r| r.expect("every image was resolved"))
+            .collect()
+    }
+
     /// Run the chain for `image`, starting from `plan` instead of the origin.
     pub fn resolve_from(
         &self,

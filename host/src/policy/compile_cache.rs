@@ -92,26 +92,29 @@ impl CompileCache {
         format!("{wasm_sha256}-{engine_key}.cwasm")
     }
 
+    /// The file name of the snapshot of this wasm configured with
+    /// `settings` (see `policy::snapshot`), on this engine. The snapshot
+    /// tool's version is part of the key: another may write another
+    /// component.
+    pub(crate) fn configured_name(
+        &self,
+        engine: &Engine,
+        wasm_sha256: &str,
+        settings: &str,
+    ) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"wasmtime-wizer 48\0");
+        hasher.update(settings.as_bytes());
+        let settings_key = hex::encode(&hasher.finalize()[..12]);
+        let plain = self.artifact_name(engine, wasm_sha256);
+        let stem = plain.strip_suffix(".cwasm").unwrap_or(&plain);
+        format!("{stem}-configured-{settings_key}.cwasm")
+    }
+
     /// The cached component, if there is one this user can trust.
     pub(crate) fn load(&self, engine: &Engine, name: &str) -> Option<Component> {
         let dir = self.open_private_dir()?;
-        let file = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-        )
-        .ok()?;
-        // Checked on the descriptor: a regular file, this user's, that no
-        // one else can write.
-        let stat = rustix::fs::fstat(&file).ok()?;
-        let me = rustix::process::geteuid().as_raw();
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
-            || stat.st_uid != me
-            || stat.st_mode & 0o022 != 0
-        {
-            return None;
-        }
+        let file = open_trusted(&dir, name)?;
         match deserialize(engine, &file) {
             Ok(component) => Some(component),
             Err(_) => {
@@ -122,11 +125,74 @@ impl CompileCache {
         }
     }
 
+    /// The small file `name` beside the artifacts (a snapshot's log lines),
+    /// on the same terms as an artifact.
+    pub(crate) fn load_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let dir = self.open_private_dir()?;
+        let file = open_trusted(&dir, name)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut fs::File::from(file), &mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// The sha256 this cache remembers for the wasm file at `path`, if the
+    /// file is still the one it was computed from: same device, inode,
+    /// size, modification and change times (nanoseconds). The change time
+    /// moves on every write and cannot be set back by its owner, so a
+    /// rewritten file never matches. Saves reading and hashing an 18 MB
+    /// Python plugin on every run.
+    pub(crate) fn wasm_digest(&self, path: &Path, file: &fs::Metadata) -> Option<String> {
+        let text = self.load_bytes(&memo_name(path))?;
+        let text = String::from_utf8(text).ok()?;
+        let (identity, digest) = text.trim_end().rsplit_once(' ')?;
+        (identity == file_identity(file)
+            && digest.len() == 64
+            && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| digest.to_string())
+    }
+
+    /// Remember that the wasm file at `path`, as `file` describes it, has
+    /// sha256 `digest` (see [`CompileCache::wasm_digest`]).
+    pub(crate) fn remember_wasm_digest(&self, path: &Path, file: &fs::Metadata, digest: &str) {
+        let text = format!("{} {digest}\n", file_identity(file));
+        // A memo that cannot be written only costs a hash next time.
+        let _ = self.store_bytes(text.as_bytes(), &memo_name(path));
+    }
+
+    /// Hold the compile lock for `name` until the guard drops: of many
+    /// processes starting at once on a cold cache, one compiles and the
+    /// others wait, then load what it saved (they look again once they
+    /// hold the lock). The lock is `flock` on a file in the private
+    /// directory, so a process that dies lets go of it. `None` when there
+    /// is no private directory to lock in: compile without one.
+    pub(crate) fn lock(&self, name: &str) -> Option<CompileLock> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .ok()?;
+        let dir = self.open_private_dir()?;
+        let file = rustix::fs::openat(
+            &dir,
+            format!("{name}.lock"),
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ok()?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+        Some(CompileLock { _file: file })
+    }
+
     /// Save `component`'s native code as `name`. Written to a temporary
     /// file in the verified directory and renamed, so a reader never sees
     /// half an artifact, and a mapped artifact is never changed in place.
     pub(crate) fn store(&self, component: &Component, name: &str) -> std::io::Result<()> {
         let bytes = component.serialize().map_err(std::io::Error::other)?;
+        self.store_bytes(&bytes, name)
+    }
+
+    /// Save `bytes` as `name`, as [`CompileCache::store`] does.
+    pub(crate) fn store_bytes(&self, bytes: &[u8], name: &str) -> std::io::Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -145,7 +211,7 @@ impl CompileCache {
             Mode::from_raw_mode(0o600),
         )?;
         let mut file = fs::File::from(file);
-        let written = file.write_all(&bytes).and_then(|()| file.sync_all());
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
         let renamed = written.and_then(|()| Ok(rustix::fs::renameat(&dir, &tmp, &dir, name)?));
         if renamed.is_err() {
             let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
@@ -166,6 +232,50 @@ impl CompileCache {
         let me = rustix::process::geteuid().as_raw();
         (stat.st_uid == me && stat.st_mode & 0o077 == 0).then_some(dir)
     }
+}
+
+/// The memo file for the wasm at `path`: named by a hash of the path.
+fn memo_name(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let digest = Sha256::digest(path.as_os_str().as_bytes());
+    format!("wasm-{}.sha256", hex::encode(&digest[..16]))
+}
+
+/// What identifies one version of a file without reading it.
+fn file_identity(file: &fs::Metadata) -> String {
+    format!(
+        "{} {} {} {}.{} {}.{}",
+        file.dev(),
+        file.ino(),
+        file.size(),
+        file.mtime(),
+        file.mtime_nsec(),
+        file.ctime(),
+        file.ctime_nsec()
+    )
+}
+
+/// `name` in `dir`, opened without following a symlink and checked on the
+/// descriptor: a regular file, this user's, that no one else can write.
+fn open_trusted(dir: &OwnedFd, name: &str) -> Option<OwnedFd> {
+    let file = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&file).ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+        && stat.st_uid == me
+        && stat.st_mode & 0o022 == 0)
+        .then_some(file)
+}
+
+/// A held compile lock (see [`CompileCache::lock`]); released on drop.
+pub(crate) struct CompileLock {
+    _file: OwnedFd,
 }
 
 /// Deserialize the artifact open on `file`.

@@ -126,7 +126,8 @@ pub struct PluginFailure {
     pub plugin: String,
     /// `sha256:` and the first 12 hex digits of the component.
     pub sha256: String,
-    /// The exported function that was running: `configure` or `decide`.
+    /// The exported function that was running: `configure` or `decide`;
+    /// `instantiate` when no instance could be made within the limits.
     pub function: &'static str,
     pub kind: FailureKind,
 }

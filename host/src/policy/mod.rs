@@ -23,6 +23,7 @@ mod compile_cache;
 pub mod error;
 mod plugin;
 mod sandbox;
+mod snapshot;
 mod validate;
 mod wit;
 

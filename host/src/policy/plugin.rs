@@ -1,5 +1,7 @@
 //! Loading, pinning and calling one plugin.
 
+use std::borrow::Cow;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -8,7 +10,11 @@ use wasmtime::component::Component;
 
 use super::compile_cache::CompileCache;
 use super::error::{FailureKind, PluginFailure, PluginLoadError};
-use super::sandbox::{Deadline, HostState, LogLine, Sandbox, arm_deadline, run_with_deadline};
+use super::sandbox::{
+    Deadline, HostState, LogLine, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
+    Sandbox, arm_deadline, run_with_deadline,
+};
+use super::snapshot;
 use super::validate::{self, Decision};
 use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
@@ -73,7 +79,16 @@ pub struct LoadedPlugin {
     /// The limits its calls run under: the site's for a site-locked plugin.
     pub limits: SandboxLimits,
     settings_json: String,
-    pre: PluginPre,
+    /// The component each decision instantiates.
+    pre: Option<PluginPre>,
+    /// Whether `pre` is a snapshot taken after `configure` (see `snapshot`),
+    /// so that decisions do not configure again.
+    configured: bool,
+    /// What `configure` logged, when it ran once for the snapshot: shown
+    /// with every decision, as when each decision configured.
+    configure_logs: Vec<LogLine>,
+    /// Pool slots an instance takes (see `Sandbox::weight`).
+    weight: usize,
     sandbox: Arc<Sandbox>,
 }
 
@@ -110,27 +125,56 @@ impl LoadedPlugin {
         cache: Option<&CompileCache>,
     ) -> Result<Self, PluginLoadError> {
         let name = spec.name.clone();
-        let (wasm, source): (std::borrow::Cow<'static, [u8]>, String) = match &spec.source {
-            PluginSource::Builtin(builtin) => {
-                let Some((_, bytes)) = BUILTINS.iter().find(|(n, _)| n == builtin) else {
-                    return Err(PluginLoadError::UnknownBuiltin {
-                        plugin: name,
-                        name: builtin.clone(),
-                        known: builtin_names().collect::<Vec<_>>().join(", "),
-                    });
-                };
-                ((*bytes).into(), format!("builtin:{builtin}"))
-            }
-            PluginSource::Path(path) => {
-                let bytes = std::fs::read(path).map_err(|source| PluginLoadError::Read {
-                    plugin: name.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
-                (bytes.into(), path.display().to_string())
-            }
-        };
-        let sha256 = WasmDigest::of(&wasm);
+        // A site-locked plugin is always compiled from its (pinned) wasm:
+        // the compiled-plugin cache is the user's to write, and the site's
+        // policy must not rest on anything the user can write.
+        let cache = cache.filter(|_| !spec.locked);
+        // The wasm's bytes, read when something needs them: with a warm
+        // cache nothing does (its digest is remembered; see `wasm_digest`).
+        let (mut wasm, sha256, source): (Option<Cow<'static, [u8]>>, WasmDigest, String) =
+            match &spec.source {
+                PluginSource::Builtin(builtin) => {
+                    let Some((_, bytes)) = BUILTINS.iter().find(|(n, _)| n == builtin) else {
+                        return Err(PluginLoadError::UnknownBuiltin {
+                            plugin: name,
+                            name: builtin.clone(),
+                            known: builtin_names().collect::<Vec<_>>().join(", "),
+                        });
+                    };
+                    let sha256 = WasmDigest::of(bytes);
+                    (Some((*bytes).into()), sha256, format!("builtin:{builtin}"))
+                }
+                PluginSource::Path(path) => {
+                    let read_error = |source| PluginLoadError::Read {
+                        plugin: name.clone(),
+                        path: path.clone(),
+                        source,
+                    };
+                    let meta = std::fs::metadata(path).map_err(read_error)?;
+                    let remembered = cache
+                        .and_then(|c| c.wasm_digest(path, &meta))
+                        .and_then(|hex| WasmDigest::from_hex(&hex).ok());
+                    match remembered {
+                        Some(sha256) => (None, sha256, path.display().to_string()),
+                        None => {
+                            let bytes = std::fs::read(path).map_err(read_error)?;
+                            let sha256 = WasmDigest::of(&bytes);
+                            // Only when the file is unchanged since its
+                            // metadata was read.
+                            if let Some(c) = cache
+                                && std::fs::metadata(path).is_ok_and(|now| {
+                                    now.ctime() == meta.ctime()
+                                        && now.ctime_nsec() == meta.ctime_nsec()
+                                        && now.ino() == meta.ino()
+                                })
+                            {
+                                c.remember_wasm_digest(path, &meta, sha256.as_hex());
+                            }
+                            (Some(bytes.into()), sha256, path.display().to_string())
+                        }
+                    }
+                }
+            };
         if let Some(expected) = &spec.sha256
             && *expected != sha256
         {
@@ -142,68 +186,221 @@ impl LoadedPlugin {
             });
         }
         let short = short_sha(sha256.as_hex());
-        // A site-locked plugin is always compiled from its (pinned) wasm:
-        // the compiled-plugin cache is the user's to write, and the site's
-        // policy must not rest on anything the user can write.
-        let cache = cache.filter(|_| !spec.locked);
-        let (component, artifact) =
-            compile(sandbox, cache, &wasm, sha256.as_hex()).map_err(|reason| {
-                PluginLoadError::Compile {
-                    plugin: name.clone(),
-                    sha256: short.clone(),
-                    reason,
-                }
-            })?;
-        let wrong = |reason: String| PluginLoadError::WrongContract {
+        let settings_json = spec.settings.to_string();
+        let over_limits = |what: String| PluginLoadError::Failed {
             plugin: name.clone(),
             sha256: short.clone(),
-            reason,
+            failure: Box::new(PluginFailure {
+                plugin: name.clone(),
+                sha256: short.clone(),
+                function: "instantiate",
+                kind: FailureKind::ResourceLimit(what),
+            }),
         };
-        let api_version = policy_export_version(sandbox, &component).map_err(&wrong)?;
-        let instance_pre = sandbox.linker.instantiate_pre(&component).map_err(|e| {
-            wrong(format!(
-                "its imports cannot be satisfied: {}",
-                chain_text(&e)
-            ))
-        })?;
-        let version = semver::Version::parse(&api_version).expect("checked by version_of");
-        let pre = PluginPre::new(&version, instance_pre)
-            .map_err(|e| wrong(format!("its exports do not match: {}", chain_text(&e))))?;
-        let plugin = Self {
+        let mut plugin = Self {
             name: name.clone(),
             source,
             sha256,
-            api_version,
+            api_version: String::new(),
             settings: spec.settings.clone(),
             on_error: spec.on_error,
             locked: spec.locked,
-            artifact,
+            artifact: ArtifactOrigin::Compiled,
             limits,
-            settings_json: spec.settings.to_string(),
-            pre,
+            settings_json,
+            configured: false,
+            configure_logs: Vec::new(),
+            pre: None,
+            weight: 1,
             sandbox: sandbox.clone(),
         };
+        // Configure once (see `snapshot`): the configured snapshot from the
+        // cache, or made now and kept there.
+        if let Some(cache) = cache {
+            let configured_name = cache.configured_name(
+                &sandbox.engine,
+                plugin.sha256.as_hex(),
+                &plugin.settings_json,
+            );
+            let logs_name = format!("{configured_name}.logs");
+            let cached = |plugin: &mut Self| {
+                // The log lines are written before the artifact: no lines,
+                // no snapshot.
+                let logs = cache
+                    .load_bytes(&logs_name)
+                    .and_then(|bytes| serde_json::from_slice::<Vec<LogLine>>(&bytes).ok());
+                let Some(logs) = logs else {
+                    return Ok::<_, PluginLoadError>(false);
+                };
+                let Some(component) = cache.load(&sandbox.engine, &configured_name) else {
+                    return Ok(false);
+                };
+                plugin.adopt(component, true)?;
+                plugin.artifact = ArtifactOrigin::CacheHit;
+                plugin.configure_logs = logs;
+                Ok(true)
+            };
+            if cached(&mut plugin)? {
+                return Ok(plugin);
+            }
+            // One process configures and compiles; the others wait for it.
+            let _lock = cache.lock(&configured_name);
+            if cached(&mut plugin)? {
+                return Ok(plugin);
+            }
+            let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
+            match plugin.configure_once(wasm, spec)? {
+                Some(component) => {
+                    // A cache that cannot be written only costs time.
+                    let logs = serde_json::to_vec(&plugin.configure_logs).expect("plain data");
+                    if cache.store_bytes(&logs, &logs_name).is_ok() {
+                        let _ = cache.store(&component, &configured_name);
+                    }
+                    plugin.adopt(component, true)?;
+                    return Ok(plugin);
+                }
+                None => {
+                    // Not snapshottable: configure each instance instead.
+                }
+            }
+        }
+        let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
+        let (component, artifact) =
+            compile(sandbox, cache, wasm, plugin.sha256.as_hex()).map_err(|error| match error {
+                CompileError::Invalid(reason) => PluginLoadError::Compile {
+                    plugin: name.clone(),
+                    sha256: short.clone(),
+                    reason,
+                },
+                CompileError::OverLimits(what) => over_limits(what),
+            })?;
+        plugin.artifact = artifact;
+        plugin.adopt(component, false)?;
         // Validate the settings now, so that a bad config fails at load time
         // with the plugin's own message rather than on the first image.
         let report = plugin.call("configure", async |_, _| Ok(()));
-        match report.result {
-            Ok(()) => Ok(plugin),
-            Err(PluginFailure {
+        report
+            .result
+            .map_err(|failure| plugin.load_error(failure, spec))?;
+        Ok(plugin)
+    }
+
+    /// Type-check `component` against its contract and make it the one
+    /// this plugin instantiates. `configured`: it is a snapshot taken after
+    /// `configure`, which must not run again.
+    fn adopt(&mut self, component: Component, configured: bool) -> Result<(), PluginLoadError> {
+        let wrong = |reason: String| PluginLoadError::WrongContract {
+            plugin: self.name.clone(),
+            sha256: self.short_sha(),
+            reason,
+        };
+        let api_version = policy_export_version(&self.sandbox, &component).map_err(&wrong)?;
+        let instance_pre = self
+            .sandbox
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| {
+                wrong(format!(
+                    "its imports cannot be satisfied: {}",
+                    chain_text(&e)
+                ))
+            })?;
+        let version = semver::Version::parse(&api_version).expect("checked by version_of");
+        let pre = PluginPre::new(&version, instance_pre)
+            .map_err(|e| wrong(format!("its exports do not match: {}", chain_text(&e))))?;
+        self.weight = self.sandbox.weight(&component);
+        self.api_version = api_version;
+        self.pre = Some(pre);
+        self.configured = configured;
+        Ok(())
+    }
+
+    /// The load error for a failure of `configure`.
+    fn load_error(&self, failure: PluginFailure, spec: &PluginSpec) -> PluginLoadError {
+        match failure {
+            PluginFailure {
                 kind: FailureKind::InvalidOutput(message),
                 function: "configure",
                 ..
-            }) => Err(PluginLoadError::SettingsRejected {
-                plugin: name,
-                sha256: short,
+            } => PluginLoadError::SettingsRejected {
+                plugin: self.name.clone(),
+                sha256: self.short_sha(),
                 message,
                 files: spec.settings_files.clone(),
-            }),
-            Err(failure) => Err(PluginLoadError::Failed {
-                plugin: name,
-                sha256: short,
+            },
+            failure => PluginLoadError::Failed {
+                plugin: self.name.clone(),
+                sha256: self.short_sha(),
                 failure: Box::new(failure),
-            }),
+            },
         }
+    }
+
+    /// Run `configure` once, on an instrumented copy of `wasm`, and return
+    /// the configured instance as a component (see `snapshot`). `None` when
+    /// the plugin cannot be snapshotted; the caller then configures each
+    /// instance. Settings refused, or a plugin that fails, is an error as
+    /// it is on the other path.
+    fn configure_once(
+        &mut self,
+        wasm: &[u8],
+        spec: &PluginSpec,
+    ) -> Result<Option<Component>, PluginLoadError> {
+        let Ok(instrumented) = snapshot::instrument(wasm) else {
+            return Ok(None);
+        };
+        let Ok(component) = Component::new(&self.sandbox.engine, &instrumented.wasm) else {
+            // Invalid or over the limits: the plain path says which.
+            self.sandbox.functions.clear();
+            return Ok(None);
+        };
+        self.adopt(component, false)?;
+        let pre = self.pre.as_ref().expect("just adopted");
+        let limits = self.limits;
+        let _slots = self.sandbox.slots.acquire(self.weight);
+        let mut store = self.sandbox.store(&limits);
+        let configured = run_with_deadline(limits.timeout, async {
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let plugin = pre.wrap(&mut store, &instance)?;
+            let configured = plugin.configure(&mut store, &self.settings_json).await?;
+            Ok(configured.map(|()| instance))
+        });
+        let instance = match configured {
+            Deadline::Done(Ok(Ok(instance))) => Ok(instance),
+            Deadline::Done(Ok(Err(message))) => Err(self.failure(
+                "configure",
+                FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
+            )),
+            Deadline::Done(Err(error)) => {
+                Err(self.failure("configure", store.data().classify(&error, &limits)))
+            }
+            Deadline::Blocked => {
+                Err(self.failure("configure", FailureKind::Blocked(limits.timeout)))
+            }
+        }
+        .map_err(|failure| self.load_error(failure, spec))?;
+        if snapshot::holds_host_state(&mut store) {
+            return Ok(None);
+        }
+        self.configure_logs = store.data_mut().take_logs();
+        arm_deadline(&mut store, limits.timeout);
+        let bytes = match run_with_deadline(limits.timeout, async {
+            Ok(instrumented.snapshot(&mut store, instance).await)
+        }) {
+            Deadline::Done(Ok(Ok(bytes))) => bytes,
+            _ => return Ok(None),
+        };
+        // Its functions are the instrumented copy's, compiled a moment ago.
+        let compiled = snapshot::compile(&self.sandbox.engine, &bytes).ok();
+        self.sandbox.functions.clear();
+        Ok(compiled)
+    }
+
+    /// Whether `configure` ran once and each decision starts from a copy of
+    /// the configured instance (see `policy::snapshot`); else each decision
+    /// configures its own fresh instance.
+    pub fn configured_once(&self) -> bool {
+        self.configured
     }
 
     /// `sha256:` and the first 12 hex digits.
@@ -219,9 +416,14 @@ impl LoadedPlugin {
         ctx: &Context,
         plan: &[Source],
     ) -> CallReport<Decision> {
-        let report = self.call("decide", async |store, plugin| {
+        let mut report = self.call("decide", async |store, plugin| {
             plugin.decide(store, image, ctx, plan).await
         });
+        if !self.configure_logs.is_empty() {
+            report
+                .logs
+                .splice(0..0, self.configure_logs.iter().cloned());
+        }
         CallReport {
             result: report.result.and_then(|decision| {
                 validate::decision(decision, image)
@@ -251,9 +453,16 @@ impl LoadedPlugin {
         f: impl AsyncFnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<T>,
     ) -> CallReport<T> {
         let limits = &self.limits;
+        // Declared before the store, so dropped after it: the slots go back
+        // to the pool only once the instance has.
+        let _slots = self.sandbox.slots.acquire(self.weight);
         let mut store = self.sandbox.store(limits);
+        let pre = self.pre.as_ref().expect("a loaded plugin has a component");
         let configured = run_with_deadline(limits.timeout, async {
-            let plugin = self.pre.instantiate(&mut store).await?;
+            let plugin = pre.instantiate(&mut store).await?;
+            if self.configured {
+                return Ok(Ok(plugin));
+            }
             let configured = plugin.configure(&mut store, &self.settings_json).await?;
             Ok(configured.map(|()| plugin))
         });
@@ -288,13 +497,50 @@ impl LoadedPlugin {
     }
 }
 
+/// The plugin's bytes, read now if they were not read yet (the digest was
+/// remembered), and checked against that digest.
+fn read_once<'w>(
+    wasm: &'w mut Option<Cow<'static, [u8]>>,
+    spec: &PluginSpec,
+    sha256: &WasmDigest,
+) -> Result<&'w [u8], PluginLoadError> {
+    if wasm.is_none()
+        && let PluginSource::Path(path) = &spec.source
+    {
+        let read_error = |source| PluginLoadError::Read {
+            plugin: spec.name.clone(),
+            path: path.clone(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        if WasmDigest::of(&bytes) != *sha256 {
+            return Err(read_error(std::io::Error::other(
+                "it changed while sifr was loading it; run again",
+            )));
+        }
+        *wasm = Some(bytes.into());
+    }
+    Ok(wasm
+        .as_deref()
+        .expect("a builtin's bytes are always at hand"))
+}
+
+/// Why a component could not be compiled.
+enum CompileError {
+    /// Not a valid component.
+    Invalid(String),
+    /// Valid, but an instance of it would take more than the sandbox
+    /// allows (the pool checks this when compiling, before anything runs).
+    OverLimits(String),
+}
+
 /// Compile `wasm`, or load its native code from the cache.
 fn compile(
     sandbox: &Sandbox,
     cache: Option<&CompileCache>,
     wasm: &[u8],
     sha256: &str,
-) -> Result<(Component, ArtifactOrigin), String> {
+) -> Result<(Component, ArtifactOrigin), CompileError> {
     let engine = &sandbox.engine;
     let name = cache.map(|c| (c, c.artifact_name(engine, sha256)));
     if let Some((cache, name)) = &name
@@ -302,25 +548,57 @@ fn compile(
     {
         return Ok((component, ArtifactOrigin::CacheHit));
     }
+    // One process compiles; the others wait for it, then load its artifact.
+    let _lock = name.as_ref().and_then(|(cache, name)| cache.lock(name));
+    if let Some((cache, name)) = &name
+        && _lock.is_some()
+        && let Some(component) = cache.load(engine, name)
+    {
+        return Ok((component, ArtifactOrigin::CacheHit));
+    }
     if wasm.starts_with(b"\0asm\x01\0\0\0") {
-        return Err(
+        return Err(CompileError::Invalid(
             "it is a core WebAssembly module, not a component; build it for \
                     wasm32-wasip2 (or run `wasm-tools component new`)"
                 .to_string(),
-        );
+        ));
     }
     let component = Component::new(engine, wasm).map_err(|e| {
-        format!(
-            "it is not a valid WebAssembly component ({}); build it with \
-             `cargo build --target wasm32-wasip2 --release`",
-            chain_text(&e)
-        )
+        let text = chain_text(&e);
+        match over_limits(&text) {
+            Some(what) => CompileError::OverLimits(what),
+            None => CompileError::Invalid(format!(
+                "it is not a valid WebAssembly component ({text}); build it with \
+                 `cargo build --target wasm32-wasip2 --release`"
+            )),
+        }
     })?;
     if let Some((cache, name)) = &name {
         // A cache that cannot be written only costs time on the next run.
         let _ = cache.store(&component, name);
     }
     Ok((component, ArtifactOrigin::Compiled))
+}
+
+/// The sandbox limit a compile error reports, said the way the limiter
+/// says it at run time. wasmtime's pooling allocator refuses, at compile
+/// time, a component whose instance could not fit its per-instance limits;
+/// it says so only in its message (the error type is private).
+fn over_limits(text: &str) -> Option<String> {
+    if !text.contains("pooling allocator") {
+        return None;
+    }
+    Some(if text.contains("memories count") {
+        format!("more than {MAX_MEMORIES} memories")
+    } else if text.contains("tables count") {
+        format!("more than {MAX_TABLES} tables")
+    } else if text.contains("core module instances") {
+        format!("more than {MAX_INSTANCES} instances")
+    } else if text.contains("table elements") || text.contains("elements") {
+        format!("more than {MAX_TABLE_ELEMENTS} table elements in all")
+    } else {
+        text.to_string()
+    })
 }
 
 /// The contract version from the component's export name

@@ -13,7 +13,7 @@ mod since_v0_1_0;
 
 use semver::Version;
 use wasmtime::Store;
-use wasmtime::component::{InstancePre, Linker};
+use wasmtime::component::{Instance, InstancePre, Linker};
 
 use super::sandbox::HostState;
 use super::{Context, Source};
@@ -128,6 +128,24 @@ impl PluginPre {
         match since {
             v if v == since_v0_1_0::SINCE => Ok(Self::V0_1(since_v0_1_0::pre(instance_pre)?)),
             other => unreachable!("no module for {other}"),
+        }
+    }
+
+    /// The untyped pre-instance, for a host that needs the raw instance.
+    pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
+        match self {
+            Self::V0_1(pre) => pre.instance_pre(),
+        }
+    }
+
+    /// The typed view of an instance of this plugin's component.
+    pub(crate) fn wrap(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Plugin> {
+        match self {
+            Self::V0_1(_) => Ok(Plugin::V0_1(since_v0_1_0::Plugin::new(store, instance)?)),
         }
     }
 

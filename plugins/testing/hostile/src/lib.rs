@@ -20,6 +20,12 @@ struct Settings {
 
 thread_local! {
     static MODE: RefCell<Option<Settings>> = const { RefCell::new(None) };
+    /// `remember`: when `configure` ran (wall clock, ns), and how many
+    /// decisions this instance has made.
+    static CONFIGURED_AT: RefCell<u128> = const { RefCell::new(0) };
+    static DECISIONS: RefCell<u64> = const { RefCell::new(0) };
+    /// `keep-stream`: a WASI stream opened in `configure` and kept.
+    static STREAM: RefCell<Option<wasip2::io::streams::OutputStream>> = const { RefCell::new(None) };
 }
 
 struct Hostile;
@@ -105,6 +111,21 @@ impl Guest for Hostile {
             // Blocks in a WASI clock wait, where epoch interruption cannot
             // reach: std's sleep is `subscribe-duration` + `pollable.block`.
             "configure-sleep" => std::thread::sleep(HOUR),
+            // Remembers when it was configured, to show whether `configure`
+            // runs again before a decision.
+            "remember" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                CONFIGURED_AT.with(|t| *t.borrow_mut() = now);
+                sifr_plugin::log(Level::Info, "remember: configured");
+            }
+            // Keeps a WASI handle open past `configure`: a copy of this
+            // instance's memory would hold a handle no copy has.
+            "keep-stream" => {
+                let stream = wasip2::cli::stdout::get_stdout();
+                STREAM.with(|s| *s.borrow_mut() = Some(stream));
+            }
             _ => {}
         }
         MODE.with(|m| *m.borrow_mut() = Some(settings));
@@ -115,6 +136,27 @@ impl Guest for Hostile {
         let settings = MODE.with(|m| m.borrow().clone()).expect("configured");
         match settings.mode.as_str() {
             "identity" => Decision::Plan(plan),
+            "remember" => {
+                let before = DECISIONS.with(|d| {
+                    let before = *d.borrow();
+                    *d.borrow_mut() += 1;
+                    before
+                });
+                let at = CONFIGURED_AT.with(|t| *t.borrow());
+                Decision::Deny(format!(
+                    "configured at {at}; {before} decisions before this one"
+                ))
+            }
+            "keep-stream" => {
+                STREAM.with(|s| {
+                    let stream = s.borrow();
+                    let stream = stream.as_ref().expect("opened in configure");
+                    stream
+                        .blocking_write_and_flush(b"kept stream works\n")
+                        .expect("the stream kept since configure");
+                });
+                Decision::Plan(plan)
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
