@@ -13,8 +13,14 @@ use super::{Globals, exit, level_name};
 pub struct Args {
     /// Image references: `ubuntu:22.04`, `quay.io/biocontainers/blast:2.15.0`,
     /// `name@sha256:<64 hex>`.
-    #[arg(required = true, value_name = "IMAGE")]
+    #[arg(required_unless_present = "from", value_name = "IMAGE")]
     images: Vec<String>,
+
+    /// Also read references from FILE, one a line (`-`: standard input);
+    /// blank lines and lines starting with `#` are skipped. Many references
+    /// are resolved in parallel, and printed in order.
+    #[arg(long, value_name = "FILE")]
+    from: Option<std::path::PathBuf>,
 
     /// Show each plugin's step: its plan with notes, and its log lines.
     #[arg(long, conflicts_with = "json")]
@@ -46,19 +52,41 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
         ctx.arch = arch;
     }
 
+    let mut inputs = args.images.clone();
+    if let Some(from) = &args.from {
+        let text = if from.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading references from stdin")?
+        } else {
+            std::fs::read_to_string(from)
+                .with_context(|| format!("reading references from {}", from.display()))?
+        };
+        inputs.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    let parsed: Vec<_> = inputs.iter().map(|i| ImageRef::parse(i)).collect();
+    let valid: Vec<ImageRef> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .cloned()
+        .collect();
+    let mut resolutions = policy.resolve_many(&valid, &ctx).into_iter();
+
     let mut code = exit::FirstFailure::default();
     let mut reports = Vec::new();
-    for (i, input) in args.images.iter().enumerate() {
-        let image = match ImageRef::parse(input) {
-            Ok(image) => image,
-            Err(e) => {
-                eprintln!("sifr: error: {e}");
-                code.note(exit::INVALID_REFERENCE);
-                reports.push(ResolveReport::invalid(input, &e));
-                continue;
-            }
-        };
-        let resolution = policy.resolve(&image, &ctx);
+    for (i, (input, parsed)) in inputs.iter().zip(parsed).enumerate() {
+        if let Err(e) = parsed {
+            eprintln!("sifr: error: {e}");
+            code.note(exit::INVALID_REFERENCE);
+            reports.push(ResolveReport::invalid(input, &e));
+            continue;
+        }
+        let resolution = resolutions
+            .next()
+            .expect("one resolution per valid reference");
         for step in &resolution.steps {
             globals.show_logs(&step.plugin, &step.logs);
             if let StepOutcome::Skipped { error } = &step.outcome {
@@ -73,7 +101,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
             }
             print!("{}", explain(input, &resolution));
         } else if let Outcome::Plan(sources) = &resolution.outcome {
-            if i > 0 && args.images.len() > 1 {
+            if i > 0 && inputs.len() > 1 {
                 println!();
             }
             for source in sources {
