@@ -24,15 +24,37 @@
 //! reader/writer count per key), and the process holds one shared file lock
 //! for all its shared holders of a key, released by the last.
 //!
-//! Waits poll the file lock (`flock` cannot time out) so that they can
-//! report progress, honour a deadline and be cancelled. A pull never
-//! upgrades a shared hold in place (two upgraders would deadlock): it
-//! releases it, takes the exclusive lock, and re-takes the shared one after,
-//! checking the cache again each time.
+//! A wait for the file lock ends as soon as the lock is released (when a
+//! pull ends, the processes waiting for it must not notice late, one after
+//! another), yet reports progress, honours a deadline and can be
+//! cancelled, which a blocking `flock` alone cannot do; and polling
+//! `try_lock` often is not affordable (on NFS each try is a round trip to
+//! the lock server, for as long as a pull lasts). So a wait first tries the
+//! lock and, if it is taken, hands the file to a helper thread that blocks
+//! in `flock` and sends the file back once locked, while the waiting thread
+//! receives in slices of at most 100 ms to report, check the deadline and
+//! the cancellation. A thread per wait is cheap here: a process has few
+//! waits at once (one per image it pulls or runs, one per entry a removal
+//! waits for), none while the lock is free, and the thread sleeps in the
+//! kernel.
+//!
+//! A waiter that gives up leaves its helper blocked (a `flock` cannot be
+//! called off); the helper lets go of the lock as soon as it gets it, by
+//! closing the file (its only descriptor). Until it has, the key stays busy
+//! in this process ([`KeyState::orphan`]): on NFS that close would drop
+//! every POSIX lock the process holds on the file, another thread's
+//! included, and the lock the helper got would not conflict with one this
+//! process took meanwhile. A thread that wants the key then waits
+//! in-process, as it would have waited for the other process anyway.
+//!
+//! A pull never upgrades a shared hold in place (two upgraders would
+//! deadlock): it releases it, takes the exclusive lock, and re-takes the
+//! shared one after, checking the cache again each time.
 
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::io;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -73,12 +95,12 @@ struct Waiting<'w, 'a> {
     since: Option<Instant>,
 }
 
-/// Poll at most this often.
+/// Report progress, and check the deadline and cancellation, this often.
 const POLL: Duration = Duration::from_millis(100);
 
 impl Waiting<'_, '_> {
     /// One more round of waiting is needed: report it, and say how long to
-    /// pause, or why to give up.
+    /// wait before the next round (unless woken first), or why to give up.
     fn tick(&mut self) -> io::Result<Duration> {
         if self.wait.timeout == Some(Duration::ZERO) {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -93,11 +115,11 @@ impl Waiting<'_, '_> {
         {
             return Err(io::ErrorKind::Interrupted.into());
         }
-        // Poll quickly at first: most waits are for a short check.
-        let pause = (waited / 4).clamp(Duration::from_millis(10), POLL);
+        // Waits are woken by the release itself; the pause only paces the
+        // reports and the checks.
         Ok(match self.wait.timeout {
-            Some(limit) => pause.min(limit.saturating_sub(waited)),
-            None => pause,
+            Some(limit) => POLL.min(limit.saturating_sub(waited)),
+            None => POLL,
         })
     }
 }
@@ -112,11 +134,15 @@ struct KeyState {
     taking: bool,
     /// The process's shared file lock, while `readers > 0`.
     shared: Option<File>,
+    /// A helper thread still blocks in `flock` for a waiter that gave up;
+    /// it releases the lock as soon as it gets it. Until then nobody else
+    /// in this process opens the key's lock file (see the module docs).
+    orphan: bool,
 }
 
 impl KeyState {
     fn idle(&self) -> bool {
-        self.readers == 0 && !self.writer && !self.taking
+        self.readers == 0 && !self.writer && !self.taking && !self.orphan
     }
 }
 
@@ -177,8 +203,8 @@ impl ImageLock {
         loop {
             let st = state(&mut map, key);
             let busy = match mode {
-                LockMode::Shared => st.writer || st.taking,
-                LockMode::Exclusive => st.writer || st.taking || st.readers > 0,
+                LockMode::Shared => st.writer || st.taking || st.orphan,
+                LockMode::Exclusive => st.writer || st.taking || st.orphan || st.readers > 0,
             };
             if !busy {
                 break;
@@ -211,7 +237,7 @@ impl ImageLock {
         }
         drop(map);
 
-        let locked = open().and_then(|file| lock_file(&file, mode, &mut waiting).map(|()| file));
+        let locked = open().and_then(|file| lock_file(key, file, mode, &mut waiting));
 
         let mut map = keys();
         let st = state(&mut map, key);
@@ -245,20 +271,99 @@ impl ImageLock {
     }
 }
 
-/// Take the file lock, polling so the wait can report, time out and be
-/// cancelled.
-fn lock_file(file: &File, mode: LockMode, waiting: &mut Waiting<'_, '_>) -> io::Result<()> {
-    loop {
-        let attempt = match mode {
-            LockMode::Shared => file.try_lock_shared(),
-            LockMode::Exclusive => file.try_lock(),
-        };
-        match attempt {
-            Ok(()) => return Ok(()),
-            Err(TryLockError::WouldBlock) => std::thread::sleep(waiting.tick()?),
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
+/// Take the file lock: at once if it is free, else by waiting for a
+/// helper thread that blocks in `flock`, in slices so that the wait can
+/// report, time out and be cancelled.
+fn lock_file(
+    key: &str,
+    file: File,
+    mode: LockMode,
+    waiting: &mut Waiting<'_, '_>,
+) -> io::Result<File> {
+    let attempt = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match attempt {
+        Ok(()) => return Ok(file),
+        Err(TryLockError::WouldBlock) => {}
+        Err(TryLockError::Error(e)) => return Err(e),
     }
+    // Report the wait (or refuse it) before starting a thread for it.
+    let mut pause = waiting.tick()?;
+    let locked = block_in_helper(key, file, mode)?;
+    loop {
+        match locked.recv_timeout(pause) {
+            Ok(result) => return result,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("the thread waiting for a cache lock died"));
+            }
+        }
+        pause = match waiting.tick() {
+            Ok(pause) => pause,
+            Err(e) => {
+                give_up(key, locked);
+                return Err(e);
+            }
+        };
+    }
+}
+
+/// Lock `file` in a new thread, which sends it on the returned channel once
+/// locked. The channel holds nothing: a send meets a receive, or fails once
+/// the waiter has given up, and then the thread lets go of the lock.
+fn block_in_helper(
+    key: &str,
+    file: File,
+    mode: LockMode,
+) -> io::Result<Receiver<io::Result<File>>> {
+    let (send, locked) = mpsc::sync_channel(0);
+    let key = key.to_string();
+    std::thread::Builder::new()
+        .name("sifr-lock-wait".to_string())
+        .spawn(move || {
+            let result = loop {
+                let taken = match mode {
+                    LockMode::Shared => file.lock_shared(),
+                    LockMode::Exclusive => file.lock(),
+                };
+                match taken {
+                    // A signal, not a cancellation: that is the waiter's.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    taken => break taken.map(|()| file),
+                }
+            };
+            if let Err(SendError(result)) = send.send(result) {
+                // The waiter gave up: close the file, releasing the lock if
+                // it was taken, and only then free the key in-process.
+                drop(result);
+                let mut map = keys();
+                if let Some(st) = map.as_mut().and_then(|keys| keys.get_mut(&key)) {
+                    st.orphan = false;
+                }
+                forget_if_idle(&mut map, &key);
+                CHANGED.notify_all();
+            }
+        })?;
+    Ok(locked)
+}
+
+/// The waiter gives up: release the lock if the helper has just taken it,
+/// else mark the helper an orphan, to release it when it gets it.
+fn give_up(key: &str, locked: Receiver<io::Result<File>>) {
+    let mut map = keys();
+    match locked.try_recv() {
+        // Dropped, so closed and released, before anyone else in this
+        // process can open the key again (it is still ours in KEYS).
+        Ok(result) => drop(result),
+        // The helper still waits: once it gets the lock, its send fails
+        // (the receiver is gone) and it clears the mark, after taking KEYS,
+        // so after this.
+        Err(mpsc::TryRecvError::Empty) => state(&mut map, key).orphan = true,
+        Err(mpsc::TryRecvError::Disconnected) => {}
+    }
+    drop(locked);
 }
 
 impl Drop for ImageLock {
@@ -283,5 +388,324 @@ impl Drop for ImageLock {
         }
         forget_if_idle(&mut map, &self.key);
         CHANGED.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::path::{Path, PathBuf};
+    use std::thread;
+
+    /// How long a step may take before the test calls it a hang: a bound
+    /// against hanging forever, not a measure.
+    const HANG: Duration = Duration::from_secs(60);
+
+    fn open(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+    }
+
+    fn lock_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("image.lock")
+    }
+
+    /// Another process's hold, as flock sees it: a separate open of the
+    /// lock file, locked.
+    fn other(path: &Path, mode: LockMode) -> File {
+        let file = open(path).unwrap();
+        match mode {
+            LockMode::Shared => file.lock_shared().unwrap(),
+            LockMode::Exclusive => file.lock().unwrap(),
+        }
+        file
+    }
+
+    /// Whether another process could take the lock exclusively now.
+    fn free_for_others(path: &Path) -> bool {
+        match open(path).unwrap().try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(e)) => panic!("{e}"),
+        }
+    }
+
+    /// Whether another process could take the lock shared now.
+    fn shareable_for_others(path: &Path) -> bool {
+        match open(path).unwrap().try_lock_shared() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(e)) => panic!("{e}"),
+        }
+    }
+
+    fn take(
+        key: &str,
+        path: &Path,
+        mode: LockMode,
+        timeout: Option<Duration>,
+        on_wait: Option<&mut dyn FnMut(Duration) -> bool>,
+    ) -> io::Result<ImageLock> {
+        ImageLock::acquire(key, mode, || open(path), &mut Wait { timeout, on_wait })
+    }
+
+    fn known(key: &str) -> bool {
+        keys().as_ref().is_some_and(|keys| keys.contains_key(key))
+    }
+
+    /// Wait until this process keeps nothing for `key`: no holder, and no
+    /// helper left blocking for a waiter that gave up.
+    fn settled(key: &str) {
+        let since = Instant::now();
+        let mut map = keys();
+        while map.as_ref().is_some_and(|keys| keys.contains_key(key)) {
+            assert!(since.elapsed() < HANG, "{key} is still held in-process");
+            map = CHANGED
+                .wait_timeout(map, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Take `key` in a thread that waits for `path`, once the wait has
+    /// begun (`on_wait` called, so the lock was found taken).
+    fn waiter(
+        key: &'static str,
+        path: &Path,
+        mode: LockMode,
+    ) -> (
+        mpsc::Receiver<()>,
+        thread::JoinHandle<io::Result<ImageLock>>,
+    ) {
+        let (began, waiting) = mpsc::channel();
+        let path = path.to_path_buf();
+        let handle = thread::spawn(move || {
+            let mut report = |_| {
+                let _ = began.send(());
+                true
+            };
+            take(key, &path, mode, None, Some(&mut report))
+        });
+        (waiting, handle)
+    }
+
+    #[test]
+    fn waiter_takes_an_exclusive_lock_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-exclusive-released";
+        let holder = other(&path, LockMode::Exclusive);
+        let (waiting, handle) = waiter(key, &path, LockMode::Exclusive);
+        waiting.recv_timeout(HANG).expect("the waiter waits");
+        drop(holder);
+        let lock = handle.join().unwrap().unwrap();
+        assert_eq!(lock.mode(), LockMode::Exclusive);
+        assert!(!free_for_others(&path), "the waiter holds the lock");
+        assert!(!shareable_for_others(&path));
+        drop(lock);
+        assert!(free_for_others(&path));
+        assert!(!known(key));
+    }
+
+    #[test]
+    fn exclusive_waiter_waits_for_shared_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-exclusive-after-shared";
+        let (first, second) = (
+            other(&path, LockMode::Shared),
+            other(&path, LockMode::Shared),
+        );
+        let (waiting, handle) = waiter(key, &path, LockMode::Exclusive);
+        waiting.recv_timeout(HANG).expect("the waiter waits");
+        drop(first);
+        drop(second);
+        let lock = handle.join().unwrap().unwrap();
+        assert!(!shareable_for_others(&path), "the waiter holds the lock");
+        drop(lock);
+        assert!(free_for_others(&path));
+    }
+
+    #[test]
+    fn shared_waiters_all_get_in_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        // Two threads of this process on one key (one file lock between
+        // them), and two keys of the same file standing for two other
+        // processes (a file lock each).
+        let keys = [
+            "lock-test-shared-a",
+            "lock-test-shared-a",
+            "lock-test-shared-b",
+            "lock-test-shared-c",
+        ];
+        let holder = other(&path, LockMode::Exclusive);
+        let (got_in, in_) = mpsc::channel();
+        let mut leave = Vec::new();
+        let mut handles = Vec::new();
+        let mut began = Vec::new();
+        for key in keys {
+            let (go, stay) = mpsc::channel::<()>();
+            leave.push(go);
+            let got_in = got_in.clone();
+            let path = path.clone();
+            let (began_tx, began_rx) = mpsc::channel();
+            began.push(began_rx);
+            handles.push(thread::spawn(move || {
+                let mut report = |_| {
+                    let _ = began_tx.send(());
+                    true
+                };
+                let lock = take(key, &path, LockMode::Shared, None, Some(&mut report)).unwrap();
+                got_in.send(()).unwrap();
+                // Hold until told to leave: all must be in at once.
+                let _ = stay.recv_timeout(HANG);
+                drop(lock);
+            }));
+        }
+        for began in &began {
+            began.recv_timeout(HANG).expect("every waiter waits");
+        }
+        drop(holder);
+        for _ in keys {
+            in_.recv_timeout(HANG).expect("every shared waiter gets in");
+        }
+        assert!(!free_for_others(&path), "they hold it shared");
+        assert!(shareable_for_others(&path));
+        drop(leave);
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert!(free_for_others(&path));
+        for key in keys {
+            assert!(!known(key));
+        }
+    }
+
+    #[test]
+    fn a_waiter_that_times_out_holds_nothing() {
+        for mode in [LockMode::Exclusive, LockMode::Shared] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = lock_path(&dir);
+            let key = "lock-test-timed-out";
+            let holder = other(&path, LockMode::Exclusive);
+            let mut reports = 0;
+            let mut report = |_| {
+                reports += 1;
+                true
+            };
+            let err = take(
+                key,
+                &path,
+                mode,
+                Some(Duration::from_millis(30)),
+                Some(&mut report),
+            )
+            .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(reports >= 1, "the wait was reported");
+            drop(holder);
+            // Its helper may take the lock for a moment, and lets it go.
+            settled(key);
+            assert!(free_for_others(&path), "{mode:?}: the lock leaked");
+            drop(take(key, &path, LockMode::Exclusive, Some(Duration::ZERO), None).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_cancelled_waiter_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-cancelled";
+        let holder = other(&path, LockMode::Shared);
+        let mut reports = 0;
+        let mut report = |_| {
+            reports += 1;
+            reports < 3
+        };
+        let err = take(key, &path, LockMode::Exclusive, None, Some(&mut report)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(reports, 3);
+        drop(holder);
+        settled(key);
+        assert!(free_for_others(&path), "the lock leaked");
+    }
+
+    #[test]
+    fn no_wait_means_would_block_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-never";
+        let holder = other(&path, LockMode::Exclusive);
+        let mut report = |_| panic!("a wait was reported");
+        let err = take(
+            key,
+            &path,
+            LockMode::Shared,
+            Some(Duration::ZERO),
+            Some(&mut report),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // No helper was left behind: nothing to settle.
+        assert!(!known(key));
+        drop(holder);
+        assert!(free_for_others(&path));
+    }
+
+    #[test]
+    fn the_key_stays_busy_until_a_given_up_wait_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-orphan";
+        let holder = other(&path, LockMode::Exclusive);
+        let err = take(
+            key,
+            &path,
+            LockMode::Exclusive,
+            Some(Duration::from_millis(10)),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Its helper still waits for the file lock: nobody in this process
+        // opens the key meanwhile.
+        let err = take(key, &path, LockMode::Shared, Some(Duration::ZERO), None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // A new waiter waits, and gets the lock once the helper let go.
+        let (waiting, handle) = waiter(key, &path, LockMode::Exclusive);
+        waiting.recv_timeout(HANG).expect("the new waiter waits");
+        drop(holder);
+        let lock = handle.join().unwrap().unwrap();
+        assert!(!free_for_others(&path), "the new waiter holds the lock");
+        drop(lock);
+        settled(key);
+        assert!(free_for_others(&path));
+    }
+
+    #[test]
+    fn threads_agree_in_process_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = lock_path(&dir);
+        let key = "lock-test-in-process";
+        let exclusive = take(key, &path, LockMode::Exclusive, None, None).unwrap();
+        let err = take(key, &path, LockMode::Shared, Some(Duration::ZERO), None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let (waiting, handle) = waiter(key, &path, LockMode::Shared);
+        waiting.recv_timeout(HANG).expect("the reader waits");
+        drop(exclusive);
+        let first = handle.join().unwrap().unwrap();
+        let second = take(key, &path, LockMode::Shared, Some(Duration::ZERO), None).unwrap();
+        assert!(!free_for_others(&path));
+        drop(first);
+        assert!(!free_for_others(&path), "the last reader releases");
+        drop(second);
+        assert!(free_for_others(&path));
+        assert!(!known(key));
     }
 }
