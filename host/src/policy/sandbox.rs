@@ -80,12 +80,21 @@ const MAX_POOL_SLOTS: u64 = 64;
 /// Tables the pool holds for each memory slot: a call's weight counts its
 /// tables in these units too.
 const TABLES_PER_SLOT: u32 = 8;
-/// What a memory or table slot keeps mapped when it is given back, reset
-/// with `memset` rather than returned to the kernel. A little: a decision
-/// touches a few pages, and resetting a whole 1 MiB heap this way cost more
-/// than the page faults it saved (1000 decisions of a 3-plugin chain:
-/// 0.20 s at 1 MiB, 0.14 s at 64 KiB or none).
-const KEEP_RESIDENT: usize = 64 << 10;
+/// What a memory or table slot keeps mapped when it is given back: reset
+/// in place rather than returned to the kernel, so the next instance does
+/// not fault its pages in afresh. With `PAGEMAP_SCAN` (Linux 6.7 and
+/// later) only the pages a decision dirtied are copied back from the
+/// snapshot's image: 5000 decisions of a 3-plugin chain took 0.23 s so,
+/// against 0.54 s with `madvise`. Without it, the reset is a `memset` of
+/// the whole kept region, which cost more than the faults it saved (0.64 s
+/// at 1 MiB), so older kernels keep little.
+const KEEP_RESIDENT: usize = 1 << 20;
+const KEEP_RESIDENT_WITHOUT_SCAN: usize = 64 << 10;
+/// Slots given back are returned to the kernel this many at a time: each
+/// `madvise` costs a TLB flush on every core the process has run on, and
+/// batching them made 5000 decisions of a 3-plugin chain 10-15% faster.
+/// wasmtime flushes the batch early whenever the pool runs short.
+const DECOMMIT_BATCH: usize = 16;
 
 /// A log line's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -258,9 +267,26 @@ fn pooling(slots: u32, reservation: u64) -> PoolingAllocationConfig {
         .max_tables_per_module(MAX_TABLES as u32)
         .max_core_instances_per_component(MAX_INSTANCES as u32)
         .table_elements(MAX_TABLE_ELEMENTS)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
+        .linear_memory_keep_resident(if pagemap_scan() {
+            KEEP_RESIDENT
+        } else {
+            KEEP_RESIDENT_WITHOUT_SCAN
+        })
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .table_keep_resident(KEEP_RESIDENT_WITHOUT_SCAN)
+        .decommit_batch_size(DECOMMIT_BATCH);
     pool
+}
+
+/// Whether the kernel has `PAGEMAP_SCAN` (Linux 6.7): wasmtime then resets
+/// only the dirtied pages of a slot (it checks again itself).
+fn pagemap_scan() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 7)
 }
 
 /// The pool's memory slots as a counting semaphore: a call takes its
