@@ -299,3 +299,43 @@ fn a_remembered_wasm_digest_never_hides_a_changed_file() {
         other => panic!("the changed file was not caught: {other:?}"),
     }
 }
+
+#[test]
+fn the_pool_gives_no_plugin_more_than_its_own_budget() {
+    // One engine sized for 256 MiB plugins (its pool's slots are that big);
+    // a plugin with an 8 MiB budget on it, configured once, still gets 8.
+    let scratch = Scratch::new();
+    let toml = format!(
+        "[sandbox]\nmemory-mib = 8\ntimeout-ms = 10000\n{}",
+        entry(
+            "rogue",
+            &plugin_wasm("hostile"),
+            "[plugin.settings]\nmode = \"memory-hog\""
+        )
+    );
+    let config = Config::load(&ConfigSources::only(scratch.write("c.toml", &toml))).unwrap();
+    let options = PolicyOptions {
+        compile_cache: Some(CompileCache::new(scratch.path().join("compiled"))),
+        engine: Some(sifr::policy::PolicyEngine::new(256 << 20).unwrap()),
+    };
+    let policy = Policy::load(&config, &options).unwrap();
+    assert!(policy.plugins()[0].configured_once());
+    for _ in 0..2 {
+        let Outcome::Failed(f) = policy
+            .resolve(
+                &ImageRef::parse("ubuntu:22.04").unwrap(),
+                &Context::new(Purpose::Pull),
+            )
+            .outcome
+        else {
+            panic!("the hog got its memory");
+        };
+        assert_eq!(
+            f.kind,
+            FailureKind::OutOfMemory {
+                limit_bytes: 8 << 20
+            },
+            "{f}"
+        );
+    }
+}
