@@ -120,6 +120,21 @@ fn a_plugin_that_keeps_a_wasi_handle_from_configure_is_configured_per_decision()
     let cache = scratch.path().join("compiled");
     let policy = load(&scratch, "keep-stream", Some(&cache)).unwrap();
     assert!(!policy.plugins()[0].configured_once());
+    // It is not tried again on the next load (for a Python plugin, trying
+    // costs a 10 s compile): the cache says so.
+    let marked = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".unsnapshottable")
+        })
+        .count();
+    assert_eq!(marked, 1);
+    let policy = load(&scratch, "keep-stream", Some(&cache)).unwrap();
+    assert!(!policy.plugins()[0].configured_once());
     for _ in 0..2 {
         let resolution = policy.resolve(
             &ImageRef::parse("ubuntu:22.04").unwrap(),

@@ -248,9 +248,17 @@ impl LoadedPlugin {
             if cached(&mut plugin)? {
                 return Ok(plugin);
             }
+            // A plugin found not to be snapshottable is not tried again: for
+            // the Python plugin, trying costs a compile of 10 s.
+            let unsnapshottable = format!("{configured_name}.unsnapshottable");
+            let tried = cache.load_bytes(&unsnapshottable).is_some();
             let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
-            match plugin.configure_once(wasm, spec)? {
-                Some(component) => {
+            match if tried {
+                Once::Never
+            } else {
+                plugin.configure_once(wasm, spec)?
+            } {
+                Once::Snapshot(component) => {
                     // A cache that cannot be written only costs time.
                     let logs = serde_json::to_vec(&plugin.configure_logs).expect("plain data");
                     if cache.store_bytes(&logs, &logs_name).is_ok() {
@@ -259,9 +267,13 @@ impl LoadedPlugin {
                     plugin.adopt(component, true)?;
                     return Ok(plugin);
                 }
-                None => {
+                Once::Never => {
                     // Not snapshottable: configure each instance instead.
+                    if !tried {
+                        let _ = cache.store_bytes(b"", &unsnapshottable);
+                    }
                 }
+                Once::NotNow => {}
             }
         }
         let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
@@ -337,22 +349,18 @@ impl LoadedPlugin {
     }
 
     /// Run `configure` once, on an instrumented copy of `wasm`, and return
-    /// the configured instance as a component (see `snapshot`). `None` when
-    /// the plugin cannot be snapshotted; the caller then configures each
-    /// instance. Settings refused, or a plugin that fails, is an error as
-    /// it is on the other path.
-    fn configure_once(
-        &mut self,
-        wasm: &[u8],
-        spec: &PluginSpec,
-    ) -> Result<Option<Component>, PluginLoadError> {
+    /// the configured instance as a component (see `snapshot`), or why not:
+    /// the caller then configures each instance. Settings refused, or a
+    /// plugin that fails, is an error as it is on the other path.
+    fn configure_once(&mut self, wasm: &[u8], spec: &PluginSpec) -> Result<Once, PluginLoadError> {
+        // Cranelift's functions are kept only while the snapshot is made.
+        let _functions = ClearOnDrop(self.sandbox.functions.clone());
         let Ok(instrumented) = snapshot::instrument(wasm) else {
-            return Ok(None);
+            return Ok(Once::Never);
         };
         let Ok(component) = Component::new(&self.sandbox.engine, &instrumented.wasm) else {
             // Invalid or over the limits: the plain path says which.
-            self.sandbox.functions.clear();
-            return Ok(None);
+            return Ok(Once::Never);
         };
         self.adopt(component, false)?;
         let pre = self.pre.as_ref().expect("just adopted");
@@ -380,20 +388,24 @@ impl LoadedPlugin {
         }
         .map_err(|failure| self.load_error(failure, spec))?;
         if snapshot::holds_host_state(&mut store) {
-            return Ok(None);
+            return Ok(Once::Never);
         }
         self.configure_logs = store.data_mut().take_logs();
-        arm_deadline(&mut store, limits.timeout);
-        let bytes = match run_with_deadline(limits.timeout, async {
+        // Reading the state out runs only wizer's accessors, not the
+        // plugin's code: host work, given the host's time, not the plugin's.
+        arm_deadline(&mut store, SNAPSHOT_DEADLINE);
+        let bytes = match run_with_deadline(SNAPSHOT_DEADLINE, async {
             Ok(instrumented.snapshot(&mut store, instance).await)
         }) {
             Deadline::Done(Ok(Ok(bytes))) => bytes,
-            _ => return Ok(None),
+            Deadline::Done(Ok(Err(_))) => return Ok(Once::Never),
+            Deadline::Done(Err(_)) | Deadline::Blocked => return Ok(Once::NotNow),
         };
         // Its functions are the instrumented copy's, compiled a moment ago.
-        let compiled = snapshot::compile(&self.sandbox.engine, &bytes).ok();
-        self.sandbox.functions.clear();
-        Ok(compiled)
+        Ok(match snapshot::compile(&self.sandbox.engine, &bytes) {
+            Ok(component) => Once::Snapshot(component),
+            Err(_) => Once::Never,
+        })
     }
 
     /// Whether `configure` ran once and each decision starts from a copy of
@@ -525,6 +537,30 @@ fn read_once<'w>(
         .expect("a builtin's bytes are always at hand"))
 }
 
+/// What configuring once came to.
+enum Once {
+    /// The configured instance, as a component.
+    Snapshot(Component),
+    /// This plugin with these settings cannot be snapshotted (it cannot be
+    /// instrumented, or keeps a WASI handle past `configure`): configure
+    /// each instance, now and on later runs.
+    Never,
+    /// Not this time (reading its state out ran out of time).
+    NotNow,
+}
+
+/// How long reading a configured instance's state out may take.
+const SNAPSHOT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Empties Cranelift's function cache when dropped.
+struct ClearOnDrop(Arc<super::sandbox::FunctionCache>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Why a component could not be compiled.
 enum CompileError {
     /// Not a valid component.
@@ -542,6 +578,8 @@ fn compile(
     sha256: &str,
 ) -> Result<(Component, ArtifactOrigin), CompileError> {
     let engine = &sandbox.engine;
+    // Nothing compiles this component again: keep none of its functions.
+    let _functions = ClearOnDrop(sandbox.functions.clone());
     let name = cache.map(|c| (c, c.artifact_name(engine, sha256)));
     if let Some((cache, name)) = &name
         && let Some(component) = cache.load(engine, name)
