@@ -20,6 +20,11 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 ///   one line.
 /// - The text is cut on a character boundary, with `…` when cut.
 pub fn escape(text: &str, max: usize) -> String {
+    // Printable ASCII needs nothing: the common case (notes, log lines)
+    // costs a scan, not a Unicode table lookup a character.
+    if text.len() <= max && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text.to_string();
+    }
     let mut out = String::with_capacity(text.len().min(max) + 3);
     for c in text.chars() {
         if out.len() >= max {
@@ -49,6 +54,16 @@ pub fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_ascii_passes_as_it_is_and_is_still_cut() {
+        assert_eq!(
+            escape("docker.io is not mirrored", 100),
+            "docker.io is not mirrored"
+        );
+        assert_eq!(escape("abcdef", 3), "abc…");
+        assert_eq!(escape("a\x7fb", 100), "a\\u{7f}b");
+    }
 
     #[test]
     fn terminal_controls_are_escaped() {
