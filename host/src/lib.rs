@@ -29,6 +29,7 @@ pub mod front;
 pub mod policy;
 pub mod reference;
 pub mod registries_conf;
+pub mod registry;
 pub mod report;
 pub mod runtime;
 pub mod untrusted;

@@ -24,5 +24,6 @@ mod policy;
 mod properties;
 mod pull;
 mod registries;
+mod registry_client;
 mod shared_cache;
 mod tags;

@@ -1,0 +1,212 @@
+//! The per-user TTL cache of tag → digest answers, so that a job array of a
+//! thousand tasks asks the registry once, not a thousand times.
+//!
+//! One small JSON file per (registry, repository, tag, arch), named by a
+//! hash of the four, in a directory that must be the user's own with mode
+//! 0700 (created so). Entries are written to a temporary file and renamed,
+//! so a reader sees a whole entry or none. Only successful answers are
+//! stored; an entry that is unreadable, for another key, from the future
+//! or older than the TTL is a miss.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{RegistryError, Resolved};
+use crate::ManifestDigest;
+
+/// Where the cache lives and how long its answers hold.
+#[derive(Debug, Clone)]
+pub struct TtlCache {
+    pub dir: PathBuf,
+    pub ttl: Duration,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    registry: String,
+    repository: String,
+    tag: String,
+    arch: String,
+    digest: ManifestDigest,
+    index_digest: Option<ManifestDigest>,
+    media_type: String,
+    /// Seconds since the epoch.
+    stored_at: u64,
+}
+
+pub(crate) struct Key<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    pub tag: &'a str,
+    pub arch: &'a str,
+}
+
+/// An entry is a few hundred bytes.
+const MAX_ENTRY: u64 = 64 * 1024;
+
+impl Key<'_> {
+    fn file_name(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [self.registry, self.repository, self.tag, self.arch] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        format!("{}.json", hex::encode(&h.finalize()[..20]))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TtlCache {
+    pub fn new(dir: impl Into<PathBuf>, ttl: Duration) -> Self {
+        Self {
+            dir: dir.into(),
+            ttl,
+        }
+    }
+
+    /// The cached answer for `key`, if fresh.
+    pub(crate) fn get(&self, key: &Key<'_>) -> Result<Option<Resolved>, RegistryError> {
+        if self.ttl.is_zero() {
+            return Ok(None);
+        }
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(None);
+        };
+        let Ok(fd) = rustix::fs::openat(
+            &dir,
+            key.file_name(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        if std::fs::File::from(fd)
+            .take(MAX_ENTRY)
+            .read_to_string(&mut text)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let Ok(record) = serde_json::from_str::<Record>(&text) else {
+            return Ok(None);
+        };
+        let same = record.registry == key.registry
+            && record.repository == key.repository
+            && record.tag == key.tag
+            && record.arch == key.arch;
+        let now = now();
+        let fresh = record.stored_at <= now && now - record.stored_at < self.ttl.as_secs().max(1);
+        Ok((same && fresh).then(|| Resolved {
+            digest: record.digest,
+            index_digest: record.index_digest,
+            media_type: crate::untrusted::escape(&record.media_type, 256),
+            from_cache: true,
+        }))
+    }
+
+    /// Store a successful answer. A failure to write is not an error of the
+    /// look-up (the answer is good), so it is returned for the caller to
+    /// ignore or report.
+    pub(crate) fn put(&self, key: &Key<'_>, resolved: &Resolved) -> Result<(), RegistryError> {
+        if self.ttl.is_zero() {
+            return Ok(());
+        }
+        let Some(dir) = self.open_dir(true)? else {
+            return Ok(());
+        };
+        let record = Record {
+            registry: key.registry.to_string(),
+            repository: key.repository.to_string(),
+            tag: key.tag.to_string(),
+            arch: key.arch.to_string(),
+            digest: resolved.digest.clone(),
+            index_digest: resolved.index_digest.clone(),
+            media_type: resolved.media_type.clone(),
+            stored_at: now(),
+        };
+        let bytes = serde_json::to_vec(&record).expect("a record serializes");
+        let name = key.file_name();
+        let tmp = format!(".tmp-{}-{name}", std::process::id());
+        let io = |e: std::io::Error| RegistryError::CacheDir {
+            dir: self.dir.clone(),
+            reason: format!("writing an entry: {e}"),
+        };
+        let fd = rustix::fs::openat(
+            &dir,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io(e.into()))?;
+        let mut file = std::fs::File::from(fd);
+        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+        let renamed =
+            written.and_then(|()| Ok(rustix::fs::renameat(&dir, &tmp, &dir, name.as_str())?));
+        if let Err(e) = renamed {
+            let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
+            return Err(io(e));
+        }
+        Ok(())
+    }
+
+    /// The cache directory, checked to be ours and private. `None` when it
+    /// does not exist and `create` is false.
+    fn open_dir(&self, create: bool) -> Result<Option<OwnedFd>, RegistryError> {
+        let bad = |reason: String| RegistryError::CacheDir {
+            dir: self.dir.clone(),
+            reason,
+        };
+        if create {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(|e| bad(format!("cannot create it: {e}")))?;
+        }
+        let dir = match rustix::fs::open(
+            &self.dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(dir) => dir,
+            Err(rustix::io::Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(bad(format!("cannot open it: {e}"))),
+        };
+        let stat = rustix::fs::fstat(&dir).map_err(|e| bad(e.to_string()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if stat.st_uid != me {
+            return Err(bad(format!("it is owned by uid {}", stat.st_uid)));
+        }
+        if stat.st_mode & 0o077 != 0 {
+            return Err(bad(format!("its mode is {:o}", stat.st_mode & 0o7777)));
+        }
+        Ok(Some(dir))
+    }
+
+    /// Whether the cache holds any entry (for tests and `cache ls`-like
+    /// tools): counts the entry files.
+    pub fn entries(&self) -> usize {
+        count_entries(&self.dir)
+    }
+}
+
+fn count_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    })
+}
