@@ -354,3 +354,29 @@ fn the_pool_gives_no_plugin_more_than_its_own_budget() {
         );
     }
 }
+
+#[test]
+fn plugin_check_tells_an_author_whose_plugin_cannot_be_configured_once() {
+    let scratch = Scratch::new();
+    let wasm = plugin_wasm("hostile");
+    for (mode, noted) in [("keep-stream", true), ("identity", false)] {
+        let settings = scratch.write("settings.toml", &format!("mode = \"{mode}\"\n"));
+        let out = scratch.sifr(&[
+            "plugin",
+            "check",
+            wasm.to_str().unwrap(),
+            "--settings",
+            settings.to_str().unwrap(),
+            "--timeout-ms",
+            "10000",
+            "ubuntu:22.04",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            stdout(&out).contains("note: configure() runs again for every decision"),
+            noted,
+            "{mode}: {}",
+            stdout(&out)
+        );
+    }
+}

@@ -166,6 +166,13 @@ fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {
                 ""
             }
         );
+        if !plugin.configured_once() {
+            println!(
+                "note: configure() runs again for every decision: the plugin keeps a WASI \
+                 handle open after configure() (or there is no compiled-plugin cache), so \
+                 its configured state cannot be copied; see PLUGINS.md, \"Configure once\""
+            );
+        }
     }
     for input in &args.images {
         let image = match ImageRef::parse(input) {
