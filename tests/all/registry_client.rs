@@ -675,6 +675,11 @@ mod e2e {
 
     impl Registry {
         fn start() -> Self {
+            Self::start_with("")
+        }
+
+        /// With `extra` appended to the config (e.g. an `auth:` section).
+        fn start_with(extra: &str) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -684,7 +689,7 @@ mod e2e {
             let config = format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             );
             let config_path = dir.path().join("config.yml");
@@ -726,6 +731,10 @@ mod e2e {
         }
 
         fn push(&self, source: &str, reference: &str, all: bool) {
+            self.push_as(source, reference, all, None);
+        }
+
+        fn push_as(&self, source: &str, reference: &str, all: bool, creds: Option<&str>) {
             let mut cmd = Command::new("skopeo");
             cmd.args([
                 "copy",
@@ -733,6 +742,9 @@ mod e2e {
                 "--quiet",
                 "--dest-tls-verify=false",
             ]);
+            if let Some(creds) = creds {
+                cmd.arg(format!("--dest-creds={creds}"));
+            }
             if all {
                 cmd.arg("--all");
             }
@@ -742,8 +754,17 @@ mod e2e {
         }
 
         fn digest(&self, reference: &str) -> String {
-            let out = run(Command::new("skopeo")
-                .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+            self.digest_as(reference, None)
+        }
+
+        fn digest_as(&self, reference: &str, creds: Option<&str>) -> String {
+            let mut cmd = Command::new("skopeo");
+            cmd.arg("inspect");
+            if let Some(creds) = creds {
+                cmd.arg(format!("--creds={creds}"));
+            }
+            let out = run(cmd
+                .args(["--tls-verify=false", "--format", "{{.Digest}}"])
                 .arg(format!("docker://{}/{reference}", self.host())));
             String::from_utf8(out).unwrap().trim().to_string()
         }
@@ -853,5 +874,186 @@ mod e2e {
             .resolve_digest(&host, "team/app", "v1", "amd64", true)
             .unwrap_err();
         assert!(err.to_string().contains(&host), "{err}");
+    }
+
+    /// `htpasswd -B` (Debian's apache2-utils) makes the bcrypt entries
+    /// distribution wants. Not among the e2e tools build.rs looks for: skip
+    /// without it, unless SIFR_E2E=1 says every tool must be there.
+    fn htpasswd() -> Option<PathBuf> {
+        match which::which("htpasswd") {
+            Ok(path) => Some(path),
+            Err(_) if std::env::var("SIFR_E2E").is_ok_and(|v| v == "1") => {
+                panic!("the registry auth test needs htpasswd: apt-get install apache2-utils")
+            }
+            Err(_) => {
+                eprintln!("skipped: no htpasswd (apt-get install apache2-utils)");
+                None
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(sifr_e2e),
+        ignore = "end-to-end: install docker-registry skopeo umoci apache2-utils, or set SIFR_E2E=1"
+    )]
+    fn htpasswd_basic_auth_takes_credentials_from_a_docker_config() {
+        let Some(htpasswd) = htpasswd() else { return };
+        let work = tempfile::tempdir().unwrap();
+        let users = work.path().join("htpasswd");
+        run(Command::new(htpasswd)
+            .args(["-B", "-b", "-c"])
+            .arg(&users)
+            .args(["alice", "wonder-land"]));
+        let registry = Registry::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
+            users.display()
+        ));
+        let layout = layout(work.path());
+        let creds = Some("alice:wonder-land");
+        registry.push_as(
+            &format!("oci:{}:one", layout.display()),
+            "team/private:v1",
+            false,
+            creds,
+        );
+        let expected = registry.digest_as("team/private:v1", creds);
+
+        // A docker config.json, as `docker login` writes it.
+        let docker = work.path().join("docker");
+        std::fs::create_dir(&docker).unwrap();
+        std::fs::write(
+            docker.join("config.json"),
+            serde_json::json!({"auths": {registry.host(): {
+                "auth": super::base64_encode(b"alice:wonder-land")
+            }}})
+            .to_string(),
+        )
+        .unwrap();
+        let home = work.path().join("home");
+        let env = |name: &str| (name == "DOCKER_CONFIG").then(|| docker.clone().into_os_string());
+        let with = RegistryClient::new(RegistryOptions {
+            credentials: sifr::registry::CredentialSources::standard(env, Some(home.clone())),
+            ..RegistryOptions::default()
+        });
+        let host = registry.host();
+        let got = with
+            .resolve_digest(&host, "team/private", "v1", "amd64", true)
+            .unwrap();
+        assert_eq!(got.digest.as_str(), expected);
+
+        // Without credentials: the documented error.
+        let without = RegistryClient::new(RegistryOptions {
+            credentials: sifr::registry::CredentialSources::standard(|_| None, Some(home)),
+            ..RegistryOptions::default()
+        });
+        let err = without
+            .resolve_digest(&host, "team/private", "v1", "amd64", true)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                sifr::registry::RegistryError::Unauthorized {
+                    status: 401,
+                    had_credentials: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for word in [host.as_str(), "team/private", "v1", "401", "log in"] {
+            assert!(text.contains(word), "{word:?} not in: {text}");
+        }
+        assert!(!format!("{err:?}").contains("wonder-land"));
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(sifr_e2e),
+        ignore = "end-to-end: install docker-registry skopeo umoci, or set SIFR_E2E=1"
+    )]
+    fn a_multi_arch_index_gives_the_manifest_for_each_architecture() {
+        let work = tempfile::tempdir().unwrap();
+        let layout = layout(work.path());
+        // Make `one` an amd64 image and `two` an arm64/v8 one.
+        for (tag, arch) in [("one", "amd64"), ("two", "arm64")] {
+            run(Command::new("umoci").args([
+                "config",
+                "--image",
+                &format!("{}:{tag}", layout.display()),
+                "--os",
+                "linux",
+                "--architecture",
+                arch,
+            ]));
+        }
+        // An index of the two, added to the layout as `multi`.
+        let index_path = layout.join("index.json");
+        let mut top: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        let by_tag = |tag: &str| {
+            top["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+                .unwrap()
+                .clone()
+        };
+        let entry = |tag: &str, arch: &str, variant: Option<&str>| {
+            let mut d = by_tag(tag);
+            d.as_object_mut().unwrap().remove("annotations");
+            d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+            if let Some(v) = variant {
+                d["platform"]["variant"] = v.into();
+            }
+            d
+        };
+        let (amd, arm) = (
+            entry("one", "amd64", None),
+            entry("two", "arm64", Some("v8")),
+        );
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": super::OCI_INDEX,
+            "manifests": [amd, arm],
+        })
+        .to_string();
+        let index_digest = super::sha256(index.as_bytes());
+        let hex = index_digest.strip_prefix("sha256:").unwrap();
+        std::fs::write(layout.join("blobs/sha256").join(hex), &index).unwrap();
+        top["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "mediaType": super::OCI_INDEX,
+                "digest": index_digest,
+                "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "multi"},
+            }));
+        std::fs::write(&index_path, top.to_string()).unwrap();
+
+        let registry = Registry::start();
+        registry.push(
+            &format!("oci:{}:multi", layout.display()),
+            "team/multi:v1",
+            true,
+        );
+        let client = RegistryClient::new(RegistryOptions::default());
+        let host = registry.host();
+        let resolve = |arch: &str| {
+            client
+                .resolve_digest(&host, "team/multi", "v1", arch, true)
+                .unwrap()
+        };
+        let on_arm = resolve("arm64");
+        let on_amd = resolve("amd64");
+        assert_eq!(on_arm.digest.as_str(), arm["digest"].as_str().unwrap());
+        assert_eq!(on_amd.digest.as_str(), amd["digest"].as_str().unwrap());
+        assert_ne!(on_arm.digest, on_amd.digest);
+        // The index went up as it was (skopeo copy --all keeps it).
+        assert_eq!(on_arm.index_digest.as_ref().unwrap().as_str(), index_digest);
+        assert_eq!(on_arm.index_digest, on_amd.index_digest);
     }
 }
