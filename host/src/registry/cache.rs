@@ -210,3 +210,72 @@ fn count_entries(dir: &Path) -> usize {
             .count()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: Key<'static> = Key {
+        registry: "reg.example",
+        repository: "team/app",
+        tag: "v1",
+        arch: "amd64",
+    };
+
+    fn resolved() -> Resolved {
+        Resolved {
+            digest: ManifestDigest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            index_digest: None,
+            media_type: super::super::OCI_MANIFEST.into(),
+            from_cache: false,
+        }
+    }
+
+    /// Rewrite the entry's JSON with `edit`.
+    fn edit(cache: &TtlCache, edit: impl Fn(&mut serde_json::Value)) {
+        let path = cache.dir.join(KEY.file_name());
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_fresh_entry_hits_and_an_old_or_foreign_one_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TtlCache::new(dir.path().join("c"), Duration::from_secs(600));
+        assert_eq!(cache.get(&KEY).unwrap(), None);
+        cache.put(&KEY, &resolved()).unwrap();
+        let hit = cache.get(&KEY).unwrap().unwrap();
+        assert!(hit.from_cache);
+        assert_eq!(hit.digest, resolved().digest);
+        let other = Key { tag: "v2", ..KEY };
+        assert_eq!(cache.get(&other).unwrap(), None);
+
+        edit(&cache, |j| j["stored_at"] = (now() - 601).into());
+        assert_eq!(cache.get(&KEY).unwrap(), None, "expired");
+        edit(&cache, |j| j["stored_at"] = (now() + 3600).into());
+        assert_eq!(cache.get(&KEY).unwrap(), None, "from the future");
+        edit(&cache, |j| {
+            j["stored_at"] = now().into();
+            j["tag"] = "v9".into();
+        });
+        assert_eq!(cache.get(&KEY).unwrap(), None, "another key's entry");
+        edit(&cache, |j| {
+            j["tag"] = "v1".into();
+            j["digest"] = "sha256:nothex".into();
+        });
+        assert_eq!(cache.get(&KEY).unwrap(), None, "a bad digest");
+        // No temporary file is left behind.
+        assert_eq!(cache.entries(), 1);
+    }
+
+    #[test]
+    fn a_zero_ttl_neither_reads_nor_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TtlCache::new(dir.path().join("c"), Duration::ZERO);
+        cache.put(&KEY, &resolved()).unwrap();
+        assert_eq!(cache.get(&KEY).unwrap(), None);
+        assert_eq!(cache.entries(), 0);
+    }
+}

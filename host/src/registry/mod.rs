@@ -39,7 +39,10 @@
 //! servers needs: a global timeout per request, a cap on the response
 //! header size, a cap on redirects (and refusal of a redirect from HTTPS to
 //! HTTP), and a body size limit. Plain HTTP is used only when the caller
-//! says the registry is plain-http (registries.conf `insecure`).
+//! says the registry is plain-http (registries.conf `insecure`). ureq's
+//! default proxy settings apply: it reads `ALL_PROXY`, `HTTPS_PROXY`,
+//! `HTTP_PROXY` and `NO_PROXY`, as other container tools do (the one
+//! environment this module reads without being handed it).
 //!
 //! The whole look-up (challenge, token, `HEAD`, `GET`) shares one deadline:
 //! [`RegistryOptions::timeout`].
