@@ -470,6 +470,13 @@ impl LoadedPlugin {
         let _slots = self.sandbox.slots.acquire(self.weight);
         let mut store = self.sandbox.store(limits);
         let pre = self.pre.as_ref().expect("a loaded plugin has a component");
+        // What a failure before `f` is named for: instantiating a snapshot,
+        // or instantiating and configuring (which share a deadline).
+        let first = if self.configured {
+            "instantiate"
+        } else {
+            "configure"
+        };
         let configured = run_with_deadline(limits.timeout, async {
             let plugin = pre.instantiate(&mut store).await?;
             if self.configured {
@@ -496,11 +503,9 @@ impl LoadedPlugin {
                 FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
             )),
             Deadline::Done(Err(error)) => {
-                Err(self.failure("configure", store.data().classify(&error, limits)))
+                Err(self.failure(first, store.data().classify(&error, limits)))
             }
-            Deadline::Blocked => {
-                Err(self.failure("configure", FailureKind::Blocked(limits.timeout)))
-            }
+            Deadline::Blocked => Err(self.failure(first, FailureKind::Blocked(limits.timeout))),
         };
         CallReport {
             result,
