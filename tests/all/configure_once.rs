@@ -274,8 +274,9 @@ fn step_outcomes_from_a_snapshot_match_a_fresh_configure() {
 #[test]
 fn a_remembered_wasm_digest_never_hides_a_changed_file() {
     // A warm run does not read the plugin (its digest is remembered by
-    // file identity). Rewrite the file with other bytes and put its
-    // modification time back: the pin still catches it.
+    // file identity). Rewrite the file with other bytes of the same size,
+    // in place (same inode), and put its modification time back: only the
+    // change time tells, and the pin still catches it.
     let scratch = Scratch::new();
     let cache = scratch.path().join("compiled");
     let wasm = scratch.path().join("plugin.wasm");
@@ -299,8 +300,16 @@ fn a_remembered_wasm_digest_never_hides_a_changed_file() {
     for _ in 0..2 {
         Policy::load(&config(&pin), &options).unwrap();
     }
-    let modified = std::fs::metadata(&wasm).unwrap().modified().unwrap();
-    std::fs::write(&wasm, std::fs::read(plugin_wasm("default")).unwrap()).unwrap();
+    let before = std::fs::metadata(&wasm).unwrap();
+    let modified = before.modified().unwrap();
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&wasm, &bytes).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let after = std::fs::metadata(&wasm).unwrap();
+        assert_eq!((after.ino(), after.size()), (before.ino(), before.size()));
+    }
     std::fs::File::options()
         .write(true)
         .open(&wasm)
