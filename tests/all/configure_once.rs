@@ -198,17 +198,18 @@ fn a_hostile_configure_fails_the_same_way_when_it_runs_once() {
 
 #[test]
 fn many_threads_share_the_pool_and_wait_rather_than_fail() {
-    // More threads than the pool has slots (15 at the default budget), all
-    // deciding at once on one policy.
+    // More threads than the pool has slots (16 at the default budget), all
+    // deciding at once on one policy, each holding its instance 200 ms (a
+    // clock wait): without waiting for a slot, most would fail.
     let scratch = Scratch::new();
     let cache = scratch.path().join("compiled");
-    let policy = load(&scratch, "identity", Some(&cache)).unwrap();
+    let policy = load(&scratch, "nap", Some(&cache)).unwrap();
     let image = ImageRef::parse("ubuntu:22.04").unwrap();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..40)
             .map(|_| {
                 s.spawn(|| {
-                    for _ in 0..5 {
+                    for _ in 0..2 {
                         let resolution = policy.resolve(&image, &Context::new(Purpose::Pull));
                         match resolution.outcome {
                             Outcome::Plan(plan) => assert_eq!(plan.len(), 1),

@@ -70,10 +70,10 @@ pub(crate) const MAX_HANDLES: usize = 1_000;
 pub(crate) const HOSTCALL_FUEL: usize = 64 << 10;
 /// Largest `wasi:random` request.
 const MAX_RANDOM: u64 = 64 << 10;
-/// Address space the pool of linear memories may reserve, in all. The
+/// Address space the pool of linear memories may reserve, about, in all. The
 /// number of memory slots is this divided by the memory budget, but never
 /// fewer than [`MAX_MEMORIES`], so that any plugin within the limits fits.
-/// With the default budget of 64 MiB: 15 slots.
+/// With the default budget of 64 MiB: 16 slots.
 const POOL_ADDRESS_SPACE: u64 = 1 << 30;
 /// The most memory slots a pool has, whatever the budget.
 const MAX_POOL_SLOTS: u64 = 64;

@@ -16,6 +16,8 @@ struct Settings {
     mode: String,
     #[serde(default)]
     bytes: Option<usize>,
+    #[serde(default)]
+    millis: Option<u64>,
 }
 
 thread_local! {
@@ -136,6 +138,13 @@ impl Guest for Hostile {
         let settings = MODE.with(|m| m.borrow().clone()).expect("configured");
         match settings.mode.as_str() {
             "identity" => Decision::Plan(plan),
+            // Holds its instance a while (a WASI clock wait), then agrees:
+            // many at once fill the host's pool.
+            "nap" => {
+                let millis = settings.millis.unwrap_or(200);
+                std::thread::sleep(std::time::Duration::from_millis(millis));
+                Decision::Plan(plan)
+            }
             "remember" => {
                 let before = DECISIONS.with(|d| {
                     let before = *d.borrow();
