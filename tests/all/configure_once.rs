@@ -109,7 +109,7 @@ fn without_a_compile_cache_each_decision_configures_a_fresh_instance() {
     assert_eq!(before, 0);
     let (second, before, _) = remembered(&policy);
     assert_eq!(before, 0);
-    assert!(second > first, "configure should have run again");
+    assert_ne!(second, first, "configure should have run again");
 }
 
 #[test]
