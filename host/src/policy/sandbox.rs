@@ -90,11 +90,6 @@ const TABLES_PER_SLOT: u32 = 8;
 /// at 1 MiB), so older kernels keep little.
 const KEEP_RESIDENT: usize = 1 << 20;
 const KEEP_RESIDENT_WITHOUT_SCAN: usize = 64 << 10;
-/// Slots given back are returned to the kernel this many at a time: each
-/// `madvise` costs a TLB flush on every core the process has run on, and
-/// batching them made 5000 decisions of a 3-plugin chain 10-15% faster.
-/// wasmtime flushes the batch early whenever the pool runs short.
-const DECOMMIT_BATCH: usize = 16;
 
 /// A log line's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -273,8 +268,13 @@ fn pooling(slots: u32, reservation: u64) -> PoolingAllocationConfig {
             KEEP_RESIDENT_WITHOUT_SCAN
         })
         .pagemap_scan(wasmtime::Enabled::Auto)
-        .table_keep_resident(KEEP_RESIDENT_WITHOUT_SCAN)
-        .decommit_batch_size(DECOMMIT_BATCH);
+        .table_keep_resident(KEEP_RESIDENT_WITHOUT_SCAN);
+    // No batching of decommits (`decommit_batch_size`, 1 by default): a
+    // batched slot is free to [`Slots`] when its store is dropped but not
+    // yet to the pool, and under load a caller then found the pool
+    // exhausted (wasmtime's flush-and-retry races a flush in progress on
+    // another thread). Batching saved 10-15% of a bulk resolve before
+    // `PAGEMAP_SCAN`; a call must wait, never fail.
     pool
 }
 
