@@ -92,6 +92,7 @@ fn main() {
         &PolicyOptions {
             compile_cache: Some(CompileCache::new(dir.path().join("compiled"))),
             engine: None,
+            registry: None,
         },
     )
     .unwrap();
@@ -164,6 +165,7 @@ fn main() {
         &PolicyOptions {
             compile_cache: Some(CompileCache::new(dir.path().join("compiled"))),
             engine: None,
+            registry: None,
         },
     )
     .unwrap();

@@ -16,6 +16,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::{CompileCache, Policy, PolicyEngine, PolicyOptions};
+use crate::registry::{CredentialSources, RegistryClient, RegistryOptions, TtlCache};
 use crate::runtime::{DEFAULT_PULL_TIMEOUT, Runtime, RuntimeOptions};
 
 /// A value a program may give twice, from a flag and from the environment.
@@ -61,7 +62,15 @@ pub struct RuntimeBuilder {
     pull_timeout: Given<Duration>,
     engine: Option<PolicyEngine>,
     cancel: Option<Arc<AtomicUsize>>,
+    credentials: CredentialSources,
+    registry: std::sync::OnceLock<Arc<RegistryClient>>,
 }
+
+/// `[registry] timeout` when the config has none.
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[registry] digest-ttl` when the config has none.
+pub const DEFAULT_DIGEST_TTL: Duration = Duration::from_secs(5 * 60);
 
 impl RuntimeBuilder {
     pub fn new(config: Config) -> Self {
@@ -72,7 +81,54 @@ impl RuntimeBuilder {
             pull_timeout: Given::default(),
             engine: None,
             cancel: None,
+            credentials: CredentialSources::none(),
+            registry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where registry credentials come from, for digest look-ups (see
+    /// [`CredentialSources::standard`], which takes the environment as
+    /// the program read it). Default: none, anonymous.
+    pub fn registry_credentials(mut self, credentials: CredentialSources) -> Self {
+        self.credentials = credentials;
+        self.registry = std::sync::OnceLock::new();
+        self
+    }
+
+    /// The registry client digest look-ups use (`resolve-digest`, `sifr
+    /// lock`): `[registry] timeout`, the credentials given, and the
+    /// per-user digest cache with `[registry] digest-ttl`. Made once a
+    /// builder; clones share it.
+    pub fn registry_client(&self) -> Arc<RegistryClient> {
+        self.registry
+            .get_or_init(|| Arc::new(self.new_registry_client()))
+            .clone()
+    }
+
+    fn new_registry_client(&self) -> RegistryClient {
+        let ttl = self.config.digest_ttl.unwrap_or(DEFAULT_DIGEST_TTL);
+        let cache = (!ttl.is_zero())
+            .then(|| self.digest_cache_dir())
+            .flatten()
+            .map(|dir| TtlCache::new(dir, ttl));
+        RegistryClient::new(RegistryOptions {
+            timeout: self
+                .config
+                .registry_timeout
+                .unwrap_or(DEFAULT_REGISTRY_TIMEOUT),
+            credentials: self.credentials.clone(),
+            cache,
+            ..RegistryOptions::default()
+        })
+    }
+
+    /// Where tag -> digest answers are kept: beside the compiled plugins
+    /// (the cache root's `digests` when the root is the user's own, else
+    /// the user's own cache directory). Never a shared directory: a
+    /// co-user could otherwise plant the digest a tag resolves to.
+    pub fn digest_cache_dir(&self) -> Option<PathBuf> {
+        self.compile_cache()
+            .and_then(|c| c.dir().parent().map(|p| p.join("digests")))
     }
 
     /// The cache directory from a flag and from the environment
@@ -156,6 +212,7 @@ impl RuntimeBuilder {
         PolicyOptions {
             compile_cache: self.compile_cache(),
             engine: self.engine.clone(),
+            registry: Some(self.registry_client()),
         }
     }
 
@@ -173,6 +230,7 @@ impl RuntimeBuilder {
     /// The settled options, as [`Runtime::new`] takes them.
     pub fn runtime_options(&self) -> RuntimeOptions {
         RuntimeOptions {
+            registry: Some(self.registry_client()),
             apptainer: self.apptainer.flag.clone(),
             apptainer_env: self.apptainer.env.clone(),
             cache_dir: self.cache_root(),

@@ -146,6 +146,9 @@ pub struct RuntimeOptions {
     /// The engine plugins run on, shared with other runtimes; `None` starts
     /// one for this runtime.
     pub engine: Option<crate::policy::PolicyEngine>,
+    /// The registry client for digest look-ups (`resolve-digest`); `None`
+    /// makes an anonymous one with no digest cache.
+    pub registry: Option<Arc<crate::registry::RegistryClient>>,
 }
 
 /// Policy, cache and apptainer, together.
@@ -169,6 +172,7 @@ impl Runtime {
         let policy_options = PolicyOptions {
             compile_cache: crate::policy::CompileCache::for_cache_root(cache.root()),
             engine: options.engine.clone(),
+            registry: options.registry.clone(),
         };
         let policy = Policy::load(&config, &policy_options)?;
         Ok(Self {
@@ -286,29 +290,29 @@ impl Runtime {
     ) -> Result<Pulled, Error> {
         let mut ctx = Context::new(purpose);
         let identity = Identity::of(image, &ctx.arch);
-        let cache_err = |e| self.cache_or_cancel_error(e);
         self.check_cancel()?;
 
         // A first look, under a shared hold when the image seems cached.
-        let mut first = None;
-        if self.cache.peek(&identity) {
-            let hold = self.hold(&identity, LockMode::Shared, progress)?;
-            let mut hashing = HashReport {
-                runtime: self,
-                progress: &mut *progress,
-            };
-            let found = self
-                .cache
-                .lookup_held(&identity, &hold, &mut hashing)
-                .map_err(cache_err)?;
-            if let Lookup::Hit { entry, .. } = &found {
-                ctx.local_sif_digest = Some(entry.sif_digest.clone());
-            }
-            first = Some((found, hold));
+        let first = self.first_look(&identity, progress)?;
+        if let Some((Lookup::Hit { entry, .. }, _)) = &first {
+            ctx.local_sif_digest = Some(entry.sif_digest.clone());
         }
         // The policy is asked even for a cached image: a site may have
         // blocked it since.
         let plan = self.policy.resolve(image, &ctx).into_plan()?;
+        // A policy that pinned a tag to a digest (`pin = "resolve"`) made
+        // it another image: the one that digest names, cached under it. A
+        // file pulled by the tag earlier may be another image by now.
+        let (image, identity, first) = match pinned_by(image, &plan) {
+            Some(pinned) => {
+                drop(first);
+                let identity = Identity::of(&pinned, &ctx.arch);
+                let first = self.first_look(&identity, progress)?;
+                (std::borrow::Cow::Owned(pinned), identity, first)
+            }
+            None => (std::borrow::Cow::Borrowed(image), identity, first),
+        };
+        let image = image.as_ref();
         match first {
             Some((Lookup::Hit { entry, blob, .. }, hold)) => {
                 return Ok(self.hit(image, entry, blob, hold));
@@ -318,6 +322,7 @@ impl Runtime {
             None => {}
         }
 
+        let cache_err = |e| self.cache_or_cancel_error(e);
         // A pull, then a verified hit; again if an eviction came between
         // the two, but not forever.
         const ROUNDS: usize = 3;
@@ -354,6 +359,28 @@ impl Runtime {
             ),
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ))
+    }
+
+    /// The cache's answer for `identity`, under a shared hold, when it
+    /// seems cached; `None` when it does not.
+    fn first_look(
+        &self,
+        identity: &Identity,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Option<(Lookup, ImageLock)>, Error> {
+        if !self.cache.peek(identity) {
+            return Ok(None);
+        }
+        let hold = self.hold(identity, LockMode::Shared, progress)?;
+        let mut hashing = HashReport {
+            runtime: self,
+            progress: &mut *progress,
+        };
+        let found = self
+            .cache
+            .lookup_held(identity, &hold, &mut hashing)
+            .map_err(|e| self.cache_or_cancel_error(e))?;
+        Ok(Some((found, hold)))
     }
 
     /// Under the identity's exclusive lock: find it cached (another process
@@ -591,6 +618,27 @@ impl crate::cache::HashProgress for HashReport<'_, '_> {
 
 /// An I/O error in the cache, saying what to do when it is full.
 /// The cache at `root`, trusting whom `config` says to trust.
+/// `image` pinned to the digest its plan pulls, when the image has no
+/// digest and every source of the plan pulls one and the same digest (as
+/// `pin = "resolve"` makes it).
+pub(crate) fn pinned_by(image: &ImageRef, plan: &[crate::policy::Source]) -> Option<ImageRef> {
+    if image.manifest_digest.is_some() {
+        return None;
+    }
+    let mut digests = plan.iter().map(|s| match &s.reference {
+        crate::policy::PullRef::Digest(d) => Some(d),
+        crate::policy::PullRef::Tag(_) => None,
+    });
+    let first = digests.next()??;
+    if !digests.all(|d| d == Some(first)) {
+        return None;
+    }
+    Some(ImageRef {
+        manifest_digest: Some(first.clone()),
+        ..image.clone()
+    })
+}
+
 pub(crate) fn open_cache(root: &Path, config: &Config) -> Result<Cache, Error> {
     Ok(Cache::open(root)
         .map_err(|e| cache_error(root, e))?

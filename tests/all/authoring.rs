@@ -99,7 +99,7 @@ fn the_template_s_contract_is_the_repository_s() {
     // `wit` in the template is a link, so a copy made with `cp -rL` carries
     // the same contract the host implements.
     let link = std::fs::read_link(repo().join("plugins/template/wit")).unwrap();
-    assert_eq!(link, Path::new("../../wit/v0.1.0"));
+    assert_eq!(link, Path::new("../../wit/v0.2.0"));
 }
 
 #[test]

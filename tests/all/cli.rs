@@ -300,7 +300,7 @@ fn plugin_ls_shows_the_chain_and_the_second_run_does_not_compile() {
     let plugin = &first["plugins"][0];
     assert_eq!(plugin["name"], "default");
     assert_eq!(plugin["source"], "builtin:default");
-    assert_eq!(plugin["api-version"], "0.1.0");
+    assert_eq!(plugin["api-version"], "0.2.0");
     assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(plugin["artifact"], "compiled");
     assert_eq!(run()["plugins"][0]["artifact"], "cache-hit");
@@ -308,7 +308,7 @@ fn plugin_ls_shows_the_chain_and_the_second_run_does_not_compile() {
     let out = scratch.sifr(&["plugin", "ls"]);
     let text = stdout(&out);
     assert!(text.contains("1. default (fail-closed)"), "{text}");
-    assert!(text.contains("api:      sifr:policy@0.1.0"), "{text}");
+    assert!(text.contains("api:      sifr:policy@0.2.0"), "{text}");
 }
 
 #[test]

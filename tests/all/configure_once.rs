@@ -31,6 +31,7 @@ fn load(scratch: &Scratch, mode: &str, cache: Option<&Path>) -> Result<Policy, E
     let options = PolicyOptions {
         compile_cache: cache.map(CompileCache::new),
         engine: None,
+        registry: None,
     };
     Ok(Policy::load(&config, &options)?)
 }
@@ -179,6 +180,7 @@ fn a_hostile_configure_fails_the_same_way_when_it_runs_once() {
     let options = PolicyOptions {
         compile_cache: Some(CompileCache::new(&cache)),
         engine: None,
+        registry: None,
     };
     match Policy::load(&config, &options) {
         Err(PolicyError::PluginLoad(PluginLoadError::Failed { failure, .. })) => {
@@ -297,6 +299,7 @@ fn a_remembered_wasm_digest_never_hides_a_changed_file() {
     let options = PolicyOptions {
         compile_cache: Some(CompileCache::new(&cache)),
         engine: None,
+        registry: None,
     };
     for _ in 0..2 {
         Policy::load(&config(&pin), &options).unwrap();
@@ -342,6 +345,7 @@ fn the_pool_gives_no_plugin_more_than_its_own_budget() {
     let options = PolicyOptions {
         compile_cache: Some(CompileCache::new(scratch.path().join("compiled"))),
         engine: Some(sifr::policy::PolicyEngine::new(256 << 20).unwrap()),
+        registry: None,
     };
     let policy = Policy::load(&config, &options).unwrap();
     assert!(policy.plugins()[0].configured_once());

@@ -38,7 +38,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// Fail loudly, naming the packages, when a tool is missing.
-fn require_tools() {
+pub(crate) fn require_tools() {
     let missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(tool, _)| which::which(tool).is_err())
@@ -52,29 +52,29 @@ fn require_tools() {
 }
 
 /// Run a command; panic with its stderr if it fails.
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed:\n{}", stderr(&out));
     out
 }
 
 /// A self-signed certificate for 127.0.0.1, and a cert dir for skopeo.
-struct Certs {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Certs {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
     /// Holds `ca.crt`: what `--src-cert-dir` / `--dest-cert-dir` take.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// Built once per test process: the certificate and the OCI images.
-struct Fixtures {
+pub(crate) struct Fixtures {
     _dir: tempfile::TempDir,
-    certs: Certs,
+    pub(crate) certs: Certs,
     /// An OCI layout with tags `1`, `2` (busybox) and `other` (a second image).
-    layout: PathBuf,
+    pub(crate) layout: PathBuf,
 }
 
-fn fixtures() -> &'static Fixtures {
+pub(crate) fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
         require_tools();
@@ -99,6 +99,10 @@ fn fixtures() -> &'static Fixtures {
                 "/CN=127.0.0.1",
             ])
             .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            // Not a CA: rustls (sifr's registry client) refuses a CA
+            // certificate as a server's; Go (skopeo) trusts it as its own
+            // root either way.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&certs.key)
             .arg("-out")
@@ -152,7 +156,7 @@ fn fixtures() -> &'static Fixtures {
 }
 
 /// A free port on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -162,15 +166,15 @@ fn free_port() -> u16 {
 
 /// A `docker-registry` on 127.0.0.1, stopped when dropped (even when the
 /// test fails).
-struct Registry {
+pub(crate) struct Registry {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     tls: bool,
 }
 
 impl Registry {
-    fn start(tls: bool) -> Self {
+    pub(crate) fn start(tls: bool) -> Self {
         let fx = fixtures();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -217,12 +221,12 @@ impl Registry {
         registry
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// Push a tag of the fixture layout as `repository:tag`.
-    fn push(&self, layout_tag: &str, repository: &str, tag: &str) {
+    pub(crate) fn push(&self, layout_tag: &str, repository: &str, tag: &str) {
         let fx = fixtures();
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--insecure-policy", "--quiet"]);
@@ -237,7 +241,7 @@ impl Registry {
     }
 
     /// The manifest digest of `repository:tag` in this registry.
-    fn digest(&self, repository: &str, tag: &str) -> String {
+    pub(crate) fn digest(&self, repository: &str, tag: &str) -> String {
         let fx = fixtures();
         let mut cmd = Command::new("skopeo");
         cmd.args(["inspect", "--insecure-policy", "--format", "{{.Digest}}"]);
@@ -253,7 +257,7 @@ impl Registry {
             .to_string()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(self.dir.path().join("registry.log")) {
             let _ = f.read_to_string(&mut text);
@@ -262,11 +266,11 @@ impl Registry {
     }
 
     /// Requests for `path` in the access log (`GET /v2/e2e/busybox/manifests/1`).
-    fn requests(&self, path: &str) -> usize {
+    pub(crate) fn requests(&self, path: &str) -> usize {
         self.log().lines().filter(|l| l.contains(path)).count()
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -282,29 +286,29 @@ impl Drop for Registry {
 
 /// sifr with a scratch cache and config, and the apptainer stand-in with its
 /// real backend.
-struct Sifr {
-    dir: tempfile::TempDir,
-    log: PathBuf,
+pub(crate) struct Sifr {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) log: PathBuf,
 }
 
 impl Sifr {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("apptainer.log");
         Self { dir, log }
     }
 
-    fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 
-    fn config(&self, text: &str) -> PathBuf {
+    pub(crate) fn config(&self, text: &str) -> PathBuf {
         let path = self.dir.path().join("config.toml");
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
         cmd.args(args)
             .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
@@ -312,23 +316,26 @@ impl Sifr {
             .env("SIFR_APPTAINER", apptainer_double())
             .env("APPTAINER_DOUBLE_BACKEND", "real")
             .env("APPTAINER_DOUBLE_CERT_DIR", &fixtures().certs.dir)
+            // sifr's own registry client (digest look-ups) trusts the
+            // test certificate as skopeo does.
+            .env("SSL_CERT_FILE", &fixtures().certs.cert)
             .env("APPTAINER_DOUBLE_LOG", &self.log)
             .env("SIFR_CONFIG", sandbox_config());
         cmd
     }
 
-    fn sifr(&self, args: &[&str]) -> Output {
+    pub(crate) fn sifr(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
 
-    fn entries(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn entries(&self) -> Vec<serde_json::Value> {
         let out = self.sifr(&["cache", "ls", "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
 
-fn mirror_config(origin: &Registry, mirror: &str) -> String {
+pub(crate) fn mirror_config(origin: &Registry, mirror: &str) -> String {
     format!(
         "[[plugin]]\nname = \"site-mirror\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
          registries = [\"{}\"]\n[[plugin.settings.mirrors]]\nregistry = \"{mirror}\"\nplain-http = true\n\
@@ -337,7 +344,7 @@ fn mirror_config(origin: &Registry, mirror: &str) -> String {
     )
 }
 
-const MANIFEST_1: &str = "/v2/e2e/busybox/manifests/1";
+pub(crate) const MANIFEST_1: &str = "/v2/e2e/busybox/manifests/1";
 
 #[test]
 #[cfg_attr(

@@ -249,7 +249,7 @@ fn a_plugin_built_against_another_world_is_refused_at_load() {
     );
     let shown = err.to_string();
     assert!(
-        shown.contains("does not export sifr:policy/policy@0.1.0"),
+        shown.contains("does not export sifr:policy/policy@0.2.0"),
         "{shown}"
     );
     assert!(

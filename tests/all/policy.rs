@@ -265,7 +265,7 @@ fn contract_versions_are_accepted_by_semver_rules() {
     let policy = load(&scratch, &entry("patched", &patch, "")).unwrap();
     assert_eq!(policy.plugins()[0].api_version, "0.1.3");
     // A version this sifr does not speak is refused at load, by name.
-    for version in ["0.2.0", "1.0.0"] {
+    for version in ["0.3.0", "1.0.0"] {
         let wasm = components::exporting_version(scratch.path(), version);
         let err = load(&scratch, &entry("future", &wasm, "")).unwrap_err();
         assert!(
@@ -277,7 +277,7 @@ fn contract_versions_are_accepted_by_semver_rules() {
         );
         assert!(
             err.to_string().contains(&format!(
-                "it was built for sifr:policy/policy@{version}, and this sifr speaks 0.1.0"
+                "it was built for sifr:policy/policy@{version}, and this sifr speaks 0.1.0, 0.2.0"
             )),
             "{err}"
         );

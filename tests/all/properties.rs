@@ -532,6 +532,7 @@ fn registries_policy(conf: &str) -> Result<Policy, Error> {
         // one that others can read.
         compile_cache: Some(CompileCache::new(compile_cache().join("plugins"))),
         engine: Some(engine.clone()),
+        registry: None,
     };
     // Whichever error type the policy area returns, it converts to the
     // library's.

@@ -18,19 +18,19 @@ use sifr::registry::{
     Credential, CredentialSources, RegistryClient, RegistryError, RegistryOptions, TtlCache,
 };
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
     headers: Vec<(String, String)>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -42,14 +42,16 @@ type Handler = dyn Fn(&Request, &mut TcpStream) + Send + Sync;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1: each connection in a thread, one
 /// request per connection (`Connection: close` is the handler's to send).
-struct Server {
+pub(crate) struct Server {
     port: u16,
     requests: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Server {
-    fn start(handler: impl Fn(&Request, &mut TcpStream) + Send + Sync + 'static) -> Self {
+    pub(crate) fn start(
+        handler: impl Fn(&Request, &mut TcpStream) + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -83,11 +85,11 @@ impl Server {
         }
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn requests(&self) -> Vec<Request> {
+    pub(crate) fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -129,7 +131,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
 }
 
 /// Write a whole response; the connection closes after it.
-fn respond(
+pub(crate) fn respond(
     stream: &mut TcpStream,
     status: &str,
     headers: &[(&str, &str)],
@@ -148,11 +150,11 @@ fn respond(
     let _ = stream.flush();
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-fn manifest(marker: &str) -> Vec<u8> {
+pub(crate) fn manifest(marker: &str) -> Vec<u8> {
     serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

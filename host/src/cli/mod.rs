@@ -233,11 +233,18 @@ pub fn config_env() -> Option<std::path::PathBuf> {
 /// A [`sifr::RuntimeBuilder`] for `config`, given what the environment
 /// says: the CLI reads `$SIFR_CACHE_DIR` and `$SIFR_APPTAINER` here (and
 /// `$SIFR_PULL_TIMEOUT` through clap), and the builder settles them against
-/// flags and the config. Commands add their flags.
+/// flags and the config. Registry credentials for digest look-ups come
+/// from where users keep them (`APPTAINER_DOCKER_USERNAME` and
+/// `_PASSWORD`, containers' `auth.json`, docker's `config.json`). Commands
+/// add their flags.
 pub fn builder(config: sifr::Config) -> sifr::RuntimeBuilder {
     sifr::RuntimeBuilder::new(config)
         .cache_dir(None, std::env::var_os("SIFR_CACHE_DIR").map(Into::into))
         .apptainer(None, apptainer_env())
+        .registry_credentials(sifr::registry::CredentialSources::standard(
+            |name| std::env::var_os(name),
+            dirs::home_dir(),
+        ))
 }
 
 /// `$SIFR_APPTAINER`, for `RuntimeOptions::apptainer_env`.

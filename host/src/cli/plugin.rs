@@ -64,9 +64,25 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "pull")]
     purpose: super::PurposeArg,
 
+    /// Grant the plugin a host capability, as `capabilities = [...]` in its
+    /// config entry does: `resolve-digest` lets it ask registries (through
+    /// sifr, with your credentials) which digest a tag names.
+    #[arg(long, value_name = "CAPABILITY", value_parser = parse_capability)]
+    grant: Vec<sifr::config::Capability>,
+
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_capability(name: &str) -> std::result::Result<sifr::config::Capability, String> {
+    sifr::config::Capability::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = sifr::config::Capability::ALL
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        format!("unknown capability; sifr grants: {}", known.join(", "))
+    })
 }
 
 pub fn run(globals: &Globals, command: Command) -> Result<u8> {
@@ -112,6 +128,10 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
         println!("   source:   {}", plugin.source);
         println!("   sha256:   {}", plugin.sha256);
         println!("   api:      sifr:policy@{}", plugin.api_version);
+        if !plugin.capabilities.is_empty() {
+            let granted: Vec<&str> = plugin.capabilities.iter().map(|c| c.name()).collect();
+            println!("   granted:  {}", granted.join(", "));
+        }
         println!("   settings: {}", plugin.settings);
     }
     Ok(0)
@@ -142,6 +162,7 @@ fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {
         locked: false,
         declared_in: None,
         settings_files: Vec::new(),
+        capabilities: args.grant.clone(),
     };
     let limits = SandboxLimits {
         timeout: Duration::from_millis(args.timeout_ms),

@@ -171,7 +171,44 @@ fn explain_step(out: &mut String, n: usize, step: &Step) {
             let _ = writeln!(out, "    failed (fail-closed): {error}");
         }
     }
+    for lookup in &step.lookups {
+        let _ = writeln!(out, "    {}", lookup_line(lookup));
+    }
     for line in &step.logs {
         let _ = writeln!(out, "    log {}: {}", level_name(line.level), line.message);
+    }
+}
+
+/// One digest look-up the host made for a plugin: the tag, what it
+/// resolved to and where the answer came from (the registry, over HTTPS or
+/// plain HTTP, or the digest cache), or why there was none.
+fn lookup_line(lookup: &sifr::policy::DigestLookup) -> String {
+    use sifr::policy::LookupOutcome;
+    let asked = format!(
+        "digest of {}/{}:{} ({})",
+        lookup.registry, lookup.repository, lookup.tag, lookup.arch
+    );
+    match &lookup.outcome {
+        LookupOutcome::Resolved {
+            manifest_digest,
+            index_digest,
+            from_cache,
+            plain_http,
+        } => {
+            let source = if *from_cache {
+                "the digest cache (asked of the registry within [registry] digest-ttl)".to_string()
+            } else {
+                let http = if *plain_http { "plain HTTP" } else { "HTTPS" };
+                format!("{} over {http}", lookup.registry)
+            };
+            let index = index_digest
+                .as_deref()
+                .map(|i| format!(", entry of the index {i}"))
+                .unwrap_or_default();
+            let ms = lookup.elapsed.as_secs_f64() * 1e3;
+            format!("{asked}: {manifest_digest}{index}, from {source}, {ms:.1} ms")
+        }
+        LookupOutcome::Refused { reason } => format!("{asked}: refused by sifr: {reason}"),
+        LookupOutcome::Failed { error } => format!("{asked}: failed: {error}"),
     }
 }

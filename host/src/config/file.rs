@@ -19,6 +19,16 @@ pub(super) struct FileToml {
     pub(super) apptainer: Option<ApptainerToml>,
     #[serde(default)]
     pub(super) cache: Option<CacheToml>,
+    #[serde(default)]
+    pub(super) registry: Option<RegistryToml>,
+}
+
+/// `[registry]`: how the host asks registries for digests.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RegistryToml {
+    pub(super) timeout: Option<toml::Spanned<String>>,
+    pub(super) digest_ttl: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +69,9 @@ pub(super) struct PluginToml {
     pub(super) on_error: OnError,
     #[serde(default)]
     pub(super) locked: bool,
+    /// Host capabilities granted to this plugin: `["resolve-digest"]`.
+    #[serde(default)]
+    pub(super) capabilities: Vec<String>,
 }
 
 pub(super) fn parse_layer(path: &Path, text: &str) -> Result<FileToml, ConfigError> {

@@ -138,6 +138,34 @@ impl Config {
                     config.trusted_owners = uids;
                 }
             }
+            if let Some(registry) = file.registry {
+                let duration = |key: &str, value: toml::Spanned<String>| {
+                    let span = value.span();
+                    let text = value.into_inner();
+                    humantime::parse_duration(&text).map_err(|e| {
+                        err(
+                            span,
+                            format!("{key} = {text:?} is not a duration ({e}); write e.g. \"5s\" or \"10m\""),
+                        )
+                    })
+                };
+                if let Some(timeout) = registry.timeout {
+                    let span = timeout.span();
+                    let parsed = duration("timeout", timeout)?;
+                    if parsed.is_zero() || parsed > Duration::from_secs(600) {
+                        return Err(err(
+                            span,
+                            "timeout must be more than 0 and at most 10m: it bounds each \
+                             digest look-up, and a pull waits for it"
+                                .to_string(),
+                        ));
+                    }
+                    config.registry_timeout = Some(parsed);
+                }
+                if let Some(ttl) = registry.digest_ttl {
+                    config.digest_ttl = Some(duration("digest-ttl", ttl)?);
+                }
+            }
             if let Some(entries) = file.plugin {
                 let mut specs = Vec::with_capacity(entries.len());
                 for entry in entries {

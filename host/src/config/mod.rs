@@ -36,7 +36,7 @@ use std::time::Duration;
 
 pub use file::{load_settings_file, toml_to_json};
 pub use layers::{ConfigSources, Layer};
-pub use plugin_spec::{OnError, PluginSource, PluginSpec};
+pub use plugin_spec::{Capability, OnError, PluginSource, PluginSpec};
 
 /// The site config, which can lock plugins into every chain.
 pub const SITE_CONFIG: &str = "/etc/sifr/config.toml";
@@ -90,6 +90,12 @@ pub struct Config {
     /// cache may use besides your own (see [`crate::cache::Trust`]). A later
     /// layer's list replaces an earlier one's.
     pub trusted_owners: Vec<u32>,
+    /// `[registry] timeout`: the limit on one digest look-up at a registry
+    /// (every request of it together). Default 5 s.
+    pub registry_timeout: Option<Duration>,
+    /// `[registry] digest-ttl`: how long a tag's digest is kept in the
+    /// per-user digest cache. Default 5 minutes; `"0s"` keeps none.
+    pub digest_ttl: Option<Duration>,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -104,6 +110,8 @@ impl Default for Config {
             pull_timeout: None,
             cache_dir: None,
             trusted_owners: Vec::new(),
+            registry_timeout: None,
+            digest_ttl: None,
             files: Vec::new(),
         }
     }

@@ -21,6 +21,37 @@ pub enum OnError {
     FailOpen,
 }
 
+/// A host capability a plugin may be granted (`capabilities = [...]`).
+/// Without a grant, the import behind it answers with an error: it is
+/// never a way around the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// `resolve-digest` (contract 0.2.0): the host asks a registry which
+    /// manifest digest a tag names.
+    ResolveDigest,
+}
+
+impl Capability {
+    pub const ALL: &[Capability] = &[Capability::ResolveDigest];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::ResolveDigest => "resolve-digest",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a plugin's code comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
@@ -47,6 +78,8 @@ pub struct PluginSpec {
     /// The settings read from files (`settings-files`): each key and the
     /// file it came from, so that a refusal can name the file.
     pub settings_files: Vec<(String, PathBuf)>,
+    /// The host capabilities granted to it (`capabilities = [...]`).
+    pub capabilities: Vec<Capability>,
 }
 
 impl PluginSpec {
@@ -61,7 +94,13 @@ impl PluginSpec {
             locked: false,
             declared_in: None,
             settings_files: Vec::new(),
+            capabilities: Vec::new(),
         }
+    }
+
+    /// Whether the config grants it `capability`.
+    pub fn granted(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
     }
 }
 
@@ -134,6 +173,19 @@ pub(super) fn plugin_spec(
         })?;
         settings.insert(key, toml::Value::String(text));
     }
+    let mut capabilities = Vec::new();
+    for given in entry.capabilities {
+        let capability = Capability::parse(&given).ok_or_else(|| {
+            let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
+            format!(
+                "plugin '{name}': capability {given:?} is unknown; sifr grants: {}",
+                known.join(", ")
+            )
+        })?;
+        if !capabilities.contains(&capability) {
+            capabilities.push(capability);
+        }
+    }
     if entry.locked && layer != Layer::Site {
         return Err(format!(
             "plugin '{name}': `locked` is only honoured in the site config ({SITE_CONFIG})"
@@ -148,6 +200,7 @@ pub(super) fn plugin_spec(
         locked: entry.locked,
         declared_in: Some(file.to_path_buf()),
         settings_files,
+        capabilities,
     })
 }
 

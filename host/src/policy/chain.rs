@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::capability::DigestLookup;
 use super::compile_cache::CompileCache;
 use super::error::{PluginFailure, PluginLoadError, PolicyError};
 use super::plugin::LoadedPlugin;
@@ -19,6 +20,7 @@ use super::validate::Decision;
 use super::{Context, Source};
 use crate::config::{Config, OnError, PluginSpec, SandboxLimits};
 use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
 
 /// How to load a policy.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +30,9 @@ pub struct PolicyOptions {
     pub compile_cache: Option<CompileCache>,
     /// The engine to run on, shared with other policies; `None` starts one.
     pub engine: Option<PolicyEngine>,
+    /// The client behind the `resolve-digest` capability; `None` makes an
+    /// anonymous one with no digest cache when a plugin is granted it.
+    pub registry: Option<Arc<RegistryClient>>,
 }
 
 /// The WebAssembly engine plugins run on, with its linker and its epoch
@@ -97,6 +102,9 @@ pub struct Step {
     #[serde(flatten)]
     pub outcome: StepOutcome,
     pub logs: Vec<LogLine>,
+    /// The digest look-ups the host made for it (`resolve-digest`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<DigestLookup>,
     #[serde(serialize_with = "micros")]
     pub elapsed: Duration,
 }
@@ -169,6 +177,7 @@ impl Policy {
                     limits_of(config, spec),
                     &engine.0,
                     options.compile_cache.as_ref(),
+                    options.registry.as_ref(),
                 )
             })
             .collect::<Result<_, PluginLoadError>>()?;
@@ -185,7 +194,13 @@ impl Policy {
             Some(engine) => engine.clone(),
             None => PolicyEngine::new(limits.memory_bytes)?,
         };
-        let plugin = LoadedPlugin::load(spec, limits, &engine.0, options.compile_cache.as_ref())?;
+        let plugin = LoadedPlugin::load(
+            spec,
+            limits,
+            &engine.0,
+            options.compile_cache.as_ref(),
+            options.registry.as_ref(),
+        )?;
         Ok(Self {
             plugins: vec![plugin],
         })
@@ -280,6 +295,7 @@ impl Policy {
                 sha256: plugin.short_sha(),
                 outcome,
                 logs: report.logs,
+                lookups: report.lookups,
                 elapsed,
             });
             if let Some(outcome) = stop {

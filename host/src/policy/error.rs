@@ -68,7 +68,7 @@ pub enum PluginLoadError {
 
     #[error(
         "plugin '{plugin}' ({sha256}) is not a sifr policy plugin: {reason}; \
-         build it against the WIT package sifr:policy@0.1.0 (see PLUGINS.md)"
+         build it against the WIT package sifr:policy@0.2.0 or 0.1.0 (see PLUGINS.md)"
     )]
     WrongContract {
         plugin: String,

@@ -18,6 +18,7 @@
 //! `Failed`); and a [`Resolution`] holds the image, the steps and the
 //! outcome.
 
+mod capability;
 mod chain;
 mod compile_cache;
 pub mod error;
@@ -31,6 +32,7 @@ use serde::Serialize;
 
 use crate::reference::{DOCKER_HUB, ImageRef, ManifestDigest, SifDigest};
 
+pub use capability::{DigestLookup, LookupOutcome};
 pub use chain::{Outcome, Policy, PolicyEngine, PolicyOptions, Resolution, Step, StepOutcome};
 pub use compile_cache::CompileCache;
 pub use error::{FailureKind, PluginFailure, PluginLoadError, PolicyError};
@@ -38,7 +40,7 @@ pub use plugin::{ArtifactOrigin, LoadedPlugin, builtin_names};
 pub use sandbox::{LogLevel, LogLine};
 
 /// The newest version of the WIT contract this host implements.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// Every version of the WIT contract this host loads plugins for.
 pub fn api_versions() -> Vec<semver::Version> {

@@ -8,18 +8,20 @@ use serde::Serialize;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use super::capability::{DigestAccess, DigestLookup, Excused};
 use super::compile_cache::CompileCache;
 use super::error::{FailureKind, PluginFailure, PluginLoadError};
 use super::sandbox::{
     Deadline, HostState, LogLine, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
-    Sandbox, arm_deadline, run_with_deadline,
+    Sandbox, arm_deadline, grant_digests, run_with_deadline,
 };
 use super::snapshot;
 use super::validate::{self, Decision};
 use super::wit::{self, Plugin, PluginPre};
 use super::{Context, Source};
-use crate::config::{OnError, PluginSource, PluginSpec, SandboxLimits};
+use crate::config::{Capability, OnError, PluginSource, PluginSpec, SandboxLimits};
 use crate::reference::{ImageRef, WasmDigest};
+use crate::registry::RegistryClient;
 use crate::untrusted;
 
 /// The plugins embedded in the binary: `builtin = "<name>"`.
@@ -75,6 +77,8 @@ pub struct LoadedPlugin {
     pub settings: serde_json::Value,
     pub on_error: OnError,
     pub locked: bool,
+    /// The host capabilities its config grants it.
+    pub capabilities: Vec<Capability>,
     pub artifact: ArtifactOrigin,
     /// The limits its calls run under: the site's for a site-locked plugin.
     pub limits: SandboxLimits,
@@ -89,6 +93,8 @@ pub struct LoadedPlugin {
     configure_logs: Vec<LogLine>,
     /// Pool slots an instance takes (see `Sandbox::weight`).
     weight: usize,
+    /// The client behind `resolve-digest`, when the config grants it.
+    registry: Option<Arc<RegistryClient>>,
     sandbox: Arc<Sandbox>,
 }
 
@@ -107,6 +113,8 @@ impl std::fmt::Debug for LoadedPlugin {
 pub(crate) struct CallReport<T> {
     pub result: Result<T, PluginFailure>,
     pub logs: Vec<LogLine>,
+    /// The `resolve-digest` calls it made.
+    pub lookups: Vec<DigestLookup>,
 }
 
 /// `sha256:` and the first 12 hex digits: enough to tell plugins apart in
@@ -123,6 +131,7 @@ impl LoadedPlugin {
         limits: SandboxLimits,
         sandbox: &Arc<Sandbox>,
         cache: Option<&CompileCache>,
+        registry: Option<&Arc<RegistryClient>>,
     ) -> Result<Self, PluginLoadError> {
         let name = spec.name.clone();
         // A site-locked plugin is always compiled from its (pinned) wasm:
@@ -205,11 +214,17 @@ impl LoadedPlugin {
             settings: spec.settings.clone(),
             on_error: spec.on_error,
             locked: spec.locked,
+            capabilities: spec.capabilities.clone(),
             artifact: ArtifactOrigin::Compiled,
             limits,
             settings_json,
             configured: false,
             configure_logs: Vec::new(),
+            registry: spec.granted(Capability::ResolveDigest).then(|| {
+                registry
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(RegistryClient::default()))
+            }),
             pre: None,
             weight: 1,
             sandbox: sandbox.clone(),
@@ -290,7 +305,7 @@ impl LoadedPlugin {
         plugin.adopt(component, false)?;
         // Validate the settings now, so that a bad config fails at load time
         // with the plugin's own message rather than on the first image.
-        let report = plugin.call("configure", async |_, _| Ok(()));
+        let report = plugin.call("configure", None, async |_, _| Ok(()));
         report
             .result
             .map_err(|failure| plugin.load_error(failure, spec))?;
@@ -367,7 +382,7 @@ impl LoadedPlugin {
         let limits = self.limits;
         let _slots = self.sandbox.slots.acquire(self.weight);
         let mut store = self.sandbox.store(&limits);
-        let configured = run_with_deadline(limits.timeout, async {
+        let configured = run_with_deadline(limits.timeout, None, async {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
             let plugin = pre.wrap(&mut store, &instance)?;
             let configured = plugin.configure(&mut store, &self.settings_json).await?;
@@ -394,7 +409,7 @@ impl LoadedPlugin {
         // Reading the state out runs only wizer's accessors, not the
         // plugin's code: host work, given the host's time, not the plugin's.
         arm_deadline(&mut store, SNAPSHOT_DEADLINE);
-        let bytes = match run_with_deadline(SNAPSHOT_DEADLINE, async {
+        let bytes = match run_with_deadline(SNAPSHOT_DEADLINE, None, async {
             Ok(instrumented.snapshot(&mut store, instance).await)
         }) {
             Deadline::Done(Ok(Ok(bytes))) => bytes,
@@ -428,7 +443,7 @@ impl LoadedPlugin {
         ctx: &Context,
         plan: &[Source],
     ) -> CallReport<Decision> {
-        let mut report = self.call("decide", async |store, plugin| {
+        let mut report = self.call("decide", Some((image, plan)), async |store, plugin| {
             plugin.decide(store, image, ctx, plan).await
         });
         if !self.configure_logs.is_empty() {
@@ -442,6 +457,7 @@ impl LoadedPlugin {
                     .map_err(|reason| self.failure("decide", FailureKind::InvalidOutput(reason)))
             }),
             logs: report.logs,
+            lookups: report.lookups,
         }
     }
 
@@ -458,10 +474,12 @@ impl LoadedPlugin {
     /// named for the function that was running when it happened.
     ///
     /// Instantiation and `configure` share one deadline, and `f` gets a
-    /// whole deadline of its own.
+    /// whole deadline of its own. `decision`: the image and plan `f`
+    /// decides on, which scope a `resolve-digest` grant.
     fn call<T>(
         &self,
         function: &'static str,
+        decision: Option<(&ImageRef, &[Source])>,
         f: impl AsyncFnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<T>,
     ) -> CallReport<T> {
         let limits = &self.limits;
@@ -469,6 +487,12 @@ impl LoadedPlugin {
         // to the pool only once the instance has.
         let _slots = self.sandbox.slots.acquire(self.weight);
         let mut store = self.sandbox.store(limits);
+        let excused = self.registry.as_ref().map(|client| {
+            let excused = Excused::default();
+            let access = DigestAccess::new(client.clone(), excused.clone());
+            grant_digests(&mut store, access, excused.clone());
+            excused
+        });
         let pre = self.pre.as_ref().expect("a loaded plugin has a component");
         // What a failure before `f` is named for: instantiating a snapshot,
         // or instantiating and configuring (which share a deadline).
@@ -477,7 +501,7 @@ impl LoadedPlugin {
         } else {
             "configure"
         };
-        let configured = run_with_deadline(limits.timeout, async {
+        let configured = run_with_deadline(limits.timeout, None, async {
             let plugin = pre.instantiate(&mut store).await?;
             if self.configured {
                 return Ok(Ok(plugin));
@@ -487,8 +511,13 @@ impl LoadedPlugin {
         });
         let result = match configured {
             Deadline::Done(Ok(Ok(plugin))) => {
+                let state = store.data_mut();
+                state.deciding = true;
+                if let (Some(access), Some((image, plan))) = (state.digests.as_mut(), decision) {
+                    access.scope(image, plan);
+                }
                 arm_deadline(&mut store, limits.timeout);
-                match run_with_deadline(limits.timeout, f(&mut store, &plugin)) {
+                match run_with_deadline(limits.timeout, excused.as_ref(), f(&mut store, &plugin)) {
                     Deadline::Done(Ok(value)) => Ok(value),
                     Deadline::Done(Err(error)) => {
                         Err(self.failure(function, store.data().classify(&error, limits)))
@@ -507,9 +536,11 @@ impl LoadedPlugin {
             }
             Deadline::Blocked => Err(self.failure(first, FailureKind::Blocked(limits.timeout))),
         };
+        let state = store.data_mut();
         CallReport {
             result,
-            logs: store.data_mut().take_logs(),
+            logs: state.take_logs(),
+            lookups: std::mem::take(&mut state.lookups),
         }
     }
 }

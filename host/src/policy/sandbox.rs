@@ -37,6 +37,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::capability::{DigestAccess, DigestLookup, Excused};
 use super::error::FailureKind;
 use crate::config::SandboxLimits;
 use crate::untrusted;
@@ -227,6 +228,10 @@ impl Sandbox {
             dropped_logs: 0,
             stdout,
             stderr,
+            deciding: false,
+            digests: None,
+            lookup_calls: 0,
+            lookups: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -350,6 +355,26 @@ pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
     store.set_epoch_deadline(ticks.max(1));
 }
 
+/// Grant `resolve-digest` on `store`: the host's time in look-ups is then
+/// added to the deadline (see [`Excused`]). When the epoch deadline comes,
+/// the excused time not yet credited extends it; with none, the call is
+/// interrupted as always.
+pub(crate) fn grant_digests(store: &mut Store<HostState>, access: DigestAccess, excused: Excused) {
+    store.data_mut().digests = Some(access);
+    let mut credited = Duration::ZERO;
+    store.epoch_deadline_callback(move |_| {
+        let total = excused.total();
+        if total <= credited {
+            return Ok(wasmtime::UpdateDeadline::Interrupt);
+        }
+        let owed = total - credited;
+        credited = total;
+        Ok(wasmtime::UpdateDeadline::Continue(
+            owed.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64,
+        ))
+    });
+}
+
 /// How a call under a deadline ended.
 pub(crate) enum Deadline<T> {
     /// It returned (or trapped) in time.
@@ -378,11 +403,14 @@ pub(crate) enum Deadline<T> {
 /// first poll, i.e. one that blocked in WASI; a call that never blocks
 /// costs no timer at all.
 ///
-/// sifr's own imports (`log`) never block. The call runs on the calling
-/// thread ([`TIMERS`] only drives the timers), so a policy can be used from
-/// many threads at once.
+/// sifr's own `log` never blocks. `resolve-digest` blocks on the network,
+/// under its own timeout; the time it takes is `excused`: the timer is
+/// pushed back by as much (and [`grant_digests`] does the same for the
+/// epoch deadline). The call runs on the calling thread ([`TIMERS`] only
+/// drives the timers), so a policy can be used from many threads at once.
 pub(crate) fn run_with_deadline<T>(
     timeout: Duration,
+    excused: Option<&Excused>,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Deadline<T> {
     // Most calls never wait in WASI: one poll on this thread finishes them
@@ -399,11 +427,23 @@ pub(crate) fn run_with_deadline<T>(
             return Deadline::Done(result);
         }
     }
-    let remaining = timeout.saturating_sub(started.elapsed());
+    let excused_total = || excused.map_or(Duration::ZERO, Excused::total);
+    let mut credited = excused_total();
+    let remaining = (timeout + credited).saturating_sub(started.elapsed());
     TIMERS.block_on(async {
-        match tokio::time::timeout(remaining, call).await {
-            Ok(result) => Deadline::Done(result),
-            Err(_elapsed) => Deadline::Blocked,
+        let mut deadline = tokio::time::Instant::now() + remaining;
+        loop {
+            match tokio::time::timeout_at(deadline, call.as_mut()).await {
+                Ok(result) => return Deadline::Done(result),
+                Err(_elapsed) => {
+                    let total = excused_total();
+                    if total <= credited {
+                        return Deadline::Blocked;
+                    }
+                    deadline += total - credited;
+                    credited = total;
+                }
+            }
         }
     })
 }
@@ -447,6 +487,14 @@ pub(crate) struct HostState {
     dropped_logs: usize,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    /// Whether the call is in `decide` (host capabilities answer only then).
+    pub(crate) deciding: bool,
+    /// The `resolve-digest` grant, when the config gives one.
+    pub(crate) digests: Option<DigestAccess>,
+    /// `resolve-digest` calls in this call, answered or not.
+    pub(crate) lookup_calls: usize,
+    /// What they were, for `--explain`.
+    pub(crate) lookups: Vec<DigestLookup>,
 }
 
 impl HostState {

@@ -6,6 +6,8 @@
 //! - a reference pinned to a registry manifest digest is pulled by that digest
 //!   and its tag is dropped: containers/image rejects `docker://name:tag@digest`,
 //!   so a URI carries one or the other;
+//! - a source an earlier plugin pinned to a digest (the `tags` plugin's
+//!   `pin = "resolve"`) keeps that digest;
 //! - otherwise it is pulled by its tag, `latest` when none was given.
 //!
 //! The locally known SIF digest is never used as a pull reference. bv's seed
@@ -39,14 +41,25 @@ impl Guest for DefaultPolicy {
         };
         let plan = plan
             .into_iter()
-            .map(|source| Source {
-                reference: reference.clone(),
-                note: if source.note.is_empty() {
-                    why.to_string()
-                } else {
-                    format!("{}; {why}", source.note)
-                },
-                ..source
+            .map(|source| {
+                // A source an earlier plugin pinned to a digest (the `tags`
+                // plugin's `pin = "resolve"`) keeps it: a tag may have
+                // moved since.
+                let (reference, why) = match &source.reference {
+                    PullRef::Digest(_) if image.manifest_digest.is_none() => {
+                        (source.reference.clone(), "by the digest it was pinned to")
+                    }
+                    _ => (reference.clone(), why),
+                };
+                Source {
+                    reference,
+                    note: if source.note.is_empty() {
+                        why.to_string()
+                    } else {
+                        format!("{}; {why}", source.note)
+                    },
+                    ..source
+                }
             })
             .collect();
         Decision::Plan(plan)

@@ -5,14 +5,14 @@
 //! itself lives in the repository's `wit/` folder and is documented there.
 
 wit_bindgen::generate!({
-    path: "../../wit/v0.1.0",
+    path: "../../wit/v0.2.0",
     world: "plugin",
     pub_export_macro: true,
     default_bindings_module: "sifr_plugin",
 });
 
 pub use exports::sifr::policy::policy::Guest;
-pub use sifr::policy::host::{Level, log};
+pub use sifr::policy::host::{Level, Resolved, log, resolve_digest};
 pub use sifr::policy::types::{Context, Decision, ImageRef, PullRef, Purpose, Source};
 
 /// Log a line at `info` level through the host.

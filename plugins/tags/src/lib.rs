@@ -12,6 +12,7 @@
 //! allow = ["docker.io/**", "quay.io/**"]  # if given, nothing else is allowed
 //! deny = ["docker.io/library/centos"]
 //! prefer = "digest"                       # or "tag"
+//! pin = "resolve"                         # tags -> digests (capability)
 //! ```
 //!
 //! Globs match `registry/repository` (or the tag, for `deny-tags`). `*`
@@ -31,12 +32,24 @@
 //! reference has one. `prefer = "tag"` is refused: a pinned image is always
 //! pulled by its digest (sifr checks every plan for it), since a tag may
 //! point elsewhere by now.
+//!
+//! `pin = "resolve"` turns a tag into the manifest digest it names now, as
+//! Kyverno's `mutateDigest` does, and pulls every source by it. It needs
+//! the host capability: `capabilities = ["resolve-digest"]` in this
+//! plugin's config entry (sifr asks the registry; the plugin has no
+//! network). The digest is asked of the origin (the image's own registry)
+//! first, where the tag is defined; when the origin cannot answer, of the
+//! plan's sources in order (mirrors), the first that answers. Each failure
+//! is logged. When no source answers, the image is refused: a pull by a tag
+//! that could not be pinned is what the setting exists to prevent. A
+//! reference that already has a digest is left as it is. `require-digest`
+//! is judged after the pin, so a resolved tag satisfies it.
 
 use std::cell::RefCell;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
-use sifr_plugin::{Context, Decision, Guest, ImageRef, PullRef, Source};
+use sifr_plugin::{Context, Decision, Guest, ImageRef, PullRef, Source, resolve_digest};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -51,6 +64,7 @@ struct Settings {
     #[serde(default)]
     deny: Vec<String>,
     prefer: Option<Prefer>,
+    pin: Option<Pin>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +72,13 @@ struct Settings {
 enum Prefer {
     Tag,
     Digest,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Pin {
+    /// Resolve a tag to its manifest digest through the host.
+    Resolve,
 }
 
 /// A compiled list of globs, with the patterns kept for messages.
@@ -111,6 +132,7 @@ struct Rules {
     allow: Option<Globs>,
     deny: Globs,
     prefer: Option<Prefer>,
+    pin: Option<Pin>,
 }
 
 thread_local! {
@@ -138,6 +160,7 @@ impl Rules {
                 .transpose()?,
             deny: Globs::names("deny", &s.deny)?,
             prefer: s.prefer,
+            pin: s.pin,
         })
     }
 
@@ -160,7 +183,9 @@ impl Rules {
 
     /// Why `image`, to be pulled by `plan`, is refused, naming the rule, or
     /// `None`.
-    fn refusal(&self, image: &ImageRef, plan: &[Source]) -> Option<String> {
+    /// `resolved`: the tag will be pinned to a digest (`pin = "resolve"`),
+    /// which satisfies `require-digest`.
+    fn refusal(&self, image: &ImageRef, plan: &[Source], resolved: bool) -> Option<String> {
         let name = format!("{}/{}", image.registry, image.repository);
         if let Some(why) = self.list_refusal(&name, "") {
             return Some(why);
@@ -198,7 +223,10 @@ impl Rules {
         {
             return Some(format!("tag {tag:?} matches {pattern:?} (rule deny-tags)"));
         }
-        if !pinned && let Some(pattern) = self.require_digest.matching(&name) {
+        if !pinned
+            && !resolved
+            && let Some(pattern) = self.require_digest.matching(&name)
+        {
             return Some(format!(
                 "{name} matches {pattern:?}, which requires a manifest digest (rule require-digest); \
                  write it as {name}@sha256:<digest>"
@@ -219,12 +247,28 @@ impl Guest for TagPolicy {
         Ok(())
     }
 
-    fn decide(image: ImageRef, _ctx: Context, plan: Vec<Source>) -> Decision {
+    fn decide(image: ImageRef, ctx: Context, plan: Vec<Source>) -> Decision {
         RULES.with(|r| {
             let r = r.borrow();
             let rules = r.as_ref().expect("configure() runs before decide()");
-            if let Some(reason) = rules.refusal(&image, &plan) {
+            // Judged before any look-up: a refused name is never asked for.
+            let resolving = rules.pin == Some(Pin::Resolve) && image.manifest_digest.is_none();
+            if let Some(reason) = rules.refusal(&image, &plan, resolving) {
                 return Decision::Deny(reason);
+            }
+            if resolving {
+                return match resolve(&image, &ctx, &plan) {
+                    Ok((digest, why)) => Decision::Plan(
+                        plan.into_iter()
+                            .map(|s| Source {
+                                reference: PullRef::Digest(digest.clone()),
+                                note: joined(&s.note, &why),
+                                ..s
+                            })
+                            .collect(),
+                    ),
+                    Err(reason) => Decision::Deny(reason),
+                };
             }
             let reference = match (rules.prefer, &image.manifest_digest) {
                 (Some(Prefer::Digest), Some(digest)) => PullRef::Digest(digest.clone()),
@@ -242,6 +286,77 @@ impl Guest for TagPolicy {
             )
         })
     }
+}
+
+/// `note; why`, within the host's 512 bytes: the earlier note is cut.
+fn joined(note: &str, why: &str) -> String {
+    const MAX_NOTE: usize = 512;
+    let room = MAX_NOTE.saturating_sub(why.len() + 2);
+    let mut end = note.len().min(room);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    if note.is_empty() {
+        why.to_string()
+    } else {
+        format!("{}; {why}", &note[..end])
+    }
+}
+
+/// The manifest digest `image`'s tag names now, and a note saying where it
+/// came from: asked of the origin first, then of the plan's sources in
+/// order, the first that answers. Every failure is logged; when all fail,
+/// the reason to refuse the image.
+fn resolve(image: &ImageRef, ctx: &Context, plan: &[Source]) -> Result<(String, String), String> {
+    let tag = image.tag.clone().unwrap_or_else(|| "latest".to_string());
+    let mut asked: Vec<(String, String, String)> = vec![(
+        image.registry.clone(),
+        image.repository.clone(),
+        tag.clone(),
+    )];
+    for source in plan {
+        if let PullRef::Tag(tag) = &source.reference {
+            let candidate = (
+                source.registry.clone(),
+                source.repository.clone(),
+                tag.clone(),
+            );
+            if !asked.contains(&candidate) {
+                asked.push(candidate);
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    for (registry, repository, tag) in &asked {
+        match resolve_digest(registry, repository, tag, &ctx.arch) {
+            Ok(found) => {
+                let index = found
+                    .index_digest
+                    .as_deref()
+                    .map(|i| format!(", from the index {i}"))
+                    .unwrap_or_default();
+                let cached = if found.from_cache { ", cached" } else { "" };
+                sifr_plugin::info(&format!(
+                    "pinned: tag {tag} of {registry}/{repository} resolved to {} for {}{index}{cached} (pin = \"resolve\")",
+                    found.manifest_digest, ctx.arch
+                ));
+                let why =
+                    format!("by digest: tag {tag} resolved at {registry} (pin = \"resolve\")");
+                return Ok((found.manifest_digest, why));
+            }
+            Err(error) => {
+                sifr_plugin::warn(&format!("{registry}/{repository}:{tag}: {error}"));
+                failures.push(format!("{registry}: {error}"));
+            }
+        }
+    }
+    Err(format!(
+        "{}/{}:{tag} could not be pinned to a digest (pin = \"resolve\"), so it is not pulled \
+         by a tag that may have moved; {}",
+        image.registry,
+        image.repository,
+        failures.join("; ")
+    ))
 }
 
 sifr_plugin::export!(TagPolicy with_types_in sifr_plugin);

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The contract is `wit/policy.wit` (package sifr:policy@0.1.0; `wit` links
-//! to the repository's `wit/v0.1.0`); PLUGINS.md
+//! to the repository's `wit/v0.2.0`); PLUGINS.md
 //! in the sifr repository documents every type and rule.
 
 use std::cell::RefCell;

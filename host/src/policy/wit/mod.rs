@@ -10,6 +10,7 @@
 //! keeps loading when a newer one exists.
 
 mod since_v0_1_0;
+mod since_v0_2_0;
 
 use semver::Version;
 use wasmtime::Store;
@@ -23,11 +24,11 @@ use crate::reference::ImageRef;
 pub(crate) const POLICY_INTERFACE: &str = "sifr:policy/policy";
 
 /// The newest contract this host implements.
-pub(crate) const LATEST: Version = since_v0_1_0::SINCE;
+pub(crate) const LATEST: Version = since_v0_2_0::SINCE;
 
 /// Every contract version this host implements, oldest first.
 pub(crate) fn supported() -> Vec<Version> {
-    vec![since_v0_1_0::SINCE]
+    vec![since_v0_1_0::SINCE, since_v0_2_0::SINCE]
 }
 
 /// What a plugin returned, in sifr's own types, before validation.
@@ -54,7 +55,8 @@ pub(crate) enum RawPullRef {
 
 /// Link the host imports of every version.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    since_v0_1_0::add_to_linker(linker)
+    since_v0_1_0::add_to_linker(linker)?;
+    since_v0_2_0::add_to_linker(linker)
 }
 
 /// Which module serves a plugin that exports `exported`, or why none does.
@@ -111,11 +113,13 @@ pub(crate) fn version_of(exports: &[String]) -> Result<Version, String> {
 /// A plugin's pre-instantiated component, of whichever version it exports.
 pub(crate) enum PluginPre {
     V0_1(since_v0_1_0::PluginPre<HostState>),
+    V0_2(since_v0_2_0::PluginPre<HostState>),
 }
 
 /// One instance of a plugin.
 pub(crate) enum Plugin {
     V0_1(since_v0_1_0::Plugin),
+    V0_2(since_v0_2_0::Plugin),
 }
 
 impl PluginPre {
@@ -127,6 +131,7 @@ impl PluginPre {
         let since = module_for(version).map_err(wasmtime::Error::msg)?;
         match since {
             v if v == since_v0_1_0::SINCE => Ok(Self::V0_1(since_v0_1_0::pre(instance_pre)?)),
+            v if v == since_v0_2_0::SINCE => Ok(Self::V0_2(since_v0_2_0::pre(instance_pre)?)),
             other => unreachable!("no module for {other}"),
         }
     }
@@ -135,6 +140,7 @@ impl PluginPre {
     pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
         match self {
             Self::V0_1(pre) => pre.instance_pre(),
+            Self::V0_2(pre) => pre.instance_pre(),
         }
     }
 
@@ -146,6 +152,7 @@ impl PluginPre {
     ) -> wasmtime::Result<Plugin> {
         match self {
             Self::V0_1(_) => Ok(Plugin::V0_1(since_v0_1_0::Plugin::new(store, instance)?)),
+            Self::V0_2(_) => Ok(Plugin::V0_2(since_v0_2_0::Plugin::new(store, instance)?)),
         }
     }
 
@@ -155,6 +162,7 @@ impl PluginPre {
     ) -> wasmtime::Result<Plugin> {
         match self {
             Self::V0_1(pre) => Ok(Plugin::V0_1(pre.instantiate_async(store).await?)),
+            Self::V0_2(pre) => Ok(Plugin::V0_2(pre.instantiate_async(store).await?)),
         }
     }
 }
@@ -167,6 +175,7 @@ impl Plugin {
     ) -> wasmtime::Result<Result<(), String>> {
         match self {
             Self::V0_1(plugin) => since_v0_1_0::configure(plugin, store, settings).await,
+            Self::V0_2(plugin) => since_v0_2_0::configure(plugin, store, settings).await,
         }
     }
 
@@ -179,6 +188,7 @@ impl Plugin {
     ) -> wasmtime::Result<RawDecision> {
         match self {
             Self::V0_1(plugin) => since_v0_1_0::decide(plugin, store, image, ctx, plan).await,
+            Self::V0_2(plugin) => since_v0_2_0::decide(plugin, store, image, ctx, plan).await,
         }
     }
 }
@@ -193,7 +203,10 @@ mod tests {
         for ok in ["0.1.0", "0.1.1", "0.1.12"] {
             assert_eq!(module_for(&v(ok)), Ok(v("0.1.0")), "{ok}");
         }
-        for refused in ["0.2.0", "1.0.0", "0.10.0", "0.0.9", "0.1.1-rc.1"] {
+        for ok in ["0.2.0", "0.2.3"] {
+            assert_eq!(module_for(&v(ok)), Ok(v("0.2.0")), "{ok}");
+        }
+        for refused in ["0.3.0", "1.0.0", "0.10.0", "0.0.9", "0.1.1-rc.1"] {
             let err = module_for(&v(refused)).unwrap_err();
             assert!(
                 err.contains(&format!("built for {POLICY_INTERFACE}@{refused}")),

@@ -18,6 +18,16 @@ struct Settings {
     bytes: Option<usize>,
     #[serde(default)]
     millis: Option<u64>,
+    /// `resolve*` modes: how many look-ups, and what to ask (default: the
+    /// image's own registry, repository and tag).
+    #[serde(default)]
+    times: Option<usize>,
+    #[serde(default)]
+    registry: Option<String>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
 }
 
 thread_local! {
@@ -28,6 +38,30 @@ thread_local! {
     static DECISIONS: RefCell<u64> = const { RefCell::new(0) };
     /// `keep-stream`: a WASI stream opened in `configure` and kept.
     static STREAM: RefCell<Option<wasip2::io::streams::OutputStream>> = const { RefCell::new(None) };
+    /// `configure-resolve`: what `resolve-digest` answered in `configure`.
+    static CONFIGURE_ANSWER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// `resolve-digest` for `image` (or what the settings name), as text:
+/// `ok <digest>` or `error <message>`.
+fn look_up(settings: &Settings, image: &ImageRef, arch: &str) -> String {
+    let registry = settings
+        .registry
+        .clone()
+        .unwrap_or_else(|| image.registry.clone());
+    let repository = settings
+        .repository
+        .clone()
+        .unwrap_or_else(|| image.repository.clone());
+    let tag = settings
+        .tag
+        .clone()
+        .or_else(|| image.tag.clone())
+        .unwrap_or_else(|| "latest".to_string());
+    match sifr_plugin::resolve_digest(&registry, &repository, &tag, arch) {
+        Ok(found) => format!("ok {}", found.manifest_digest),
+        Err(error) => format!("error {error}"),
+    }
 }
 
 struct Hostile;
@@ -113,6 +147,17 @@ impl Guest for Hostile {
             // Blocks in a WASI clock wait, where epoch interruption cannot
             // reach: std's sleep is `subscribe-duration` + `pollable.block`.
             "configure-sleep" => std::thread::sleep(HOUR),
+            // Asks for a digest where the host must refuse it.
+            "configure-resolve" => {
+                let image = ImageRef {
+                    registry: "docker.io".to_string(),
+                    repository: "library/ubuntu".to_string(),
+                    tag: Some("22.04".to_string()),
+                    manifest_digest: None,
+                };
+                let answer = look_up(&settings, &image, "amd64");
+                CONFIGURE_ANSWER.with(|a| *a.borrow_mut() = answer);
+            }
             // Remembers when it was configured, to show whether `configure`
             // runs again before a decision.
             "remember" => {
@@ -134,10 +179,56 @@ impl Guest for Hostile {
         Ok(())
     }
 
-    fn decide(image: ImageRef, _ctx: Context, plan: Vec<Source>) -> Decision {
+    fn decide(image: ImageRef, ctx: Context, plan: Vec<Source>) -> Decision {
         let settings = MODE.with(|m| m.borrow().clone()).expect("configured");
         match settings.mode.as_str() {
             "identity" => Decision::Plan(plan),
+            "configure-resolve" => Decision::Deny(format!(
+                "in configure: {}",
+                CONFIGURE_ANSWER.with(|a| a.borrow().clone())
+            )),
+            // Look up `times` digests and log every answer, in order.
+            "resolve" => {
+                let times = settings.times.unwrap_or(1);
+                for _ in 0..times {
+                    sifr_plugin::log(Level::Info, &look_up(&settings, &image, &ctx.arch));
+                }
+                Decision::Deny(format!("{times} look-ups"))
+            }
+            // A look-up, then busy code: the look-up's time is the host's,
+            // and the plugin's own deadline still holds after it.
+            "resolve-then-loop" => {
+                sifr_plugin::log(Level::Info, &look_up(&settings, &image, &ctx.arch));
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            // A look-up, then a clock wait the timer must end.
+            "resolve-then-sleep" => {
+                sifr_plugin::log(Level::Info, &look_up(&settings, &image, &ctx.arch));
+                std::thread::sleep(HOUR);
+                Decision::Plan(plan)
+            }
+            // A look-up, then a short wait of `millis` (in the plugin's
+            // time), then the plan pinned to what it found.
+            "resolve-then-nap" => {
+                let answer = look_up(&settings, &image, &ctx.arch);
+                std::thread::sleep(std::time::Duration::from_millis(
+                    settings.millis.unwrap_or(0),
+                ));
+                match answer.strip_prefix("ok ") {
+                    Some(digest) => Decision::Plan(
+                        plan.into_iter()
+                            .map(|s| Source {
+                                reference: PullRef::Digest(digest.to_string()),
+                                ..s
+                            })
+                            .collect(),
+                    ),
+                    None => Decision::Deny(answer),
+                }
+            }
             // Holds its instance a while (a WASI clock wait), then agrees:
             // many at once fill the host's pool.
             "nap" => {
