@@ -388,20 +388,9 @@ impl LoadedPlugin {
             let configured = plugin.configure(&mut store, &self.settings_json).await?;
             Ok(configured.map(|()| instance))
         });
-        let instance = match configured {
-            Deadline::Done(Ok(Ok(instance))) => Ok(instance),
-            Deadline::Done(Ok(Err(message))) => Err(self.failure(
-                "configure",
-                FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
-            )),
-            Deadline::Done(Err(error)) => {
-                Err(self.failure("configure", store.data().classify(&error, &limits)))
-            }
-            Deadline::Blocked => {
-                Err(self.failure("configure", FailureKind::Blocked(limits.timeout)))
-            }
-        }
-        .map_err(|failure| self.load_error(failure, spec))?;
+        let instance = self
+            .first_phase(configured, "configure", &store, &limits)
+            .map_err(|failure| self.load_error(failure, spec))?;
         if snapshot::holds_host_state(&mut store) {
             return Ok(Once::Never);
         }
@@ -470,6 +459,29 @@ impl LoadedPlugin {
         }
     }
 
+    /// What instantiating (and configuring) ended in: the instance, or the
+    /// failure, named for `function` (`configure` when the plugin refused
+    /// its settings).
+    fn first_phase<I>(
+        &self,
+        outcome: Deadline<Result<I, String>>,
+        function: &'static str,
+        store: &Store<HostState>,
+        limits: &SandboxLimits,
+    ) -> Result<I, PluginFailure> {
+        match outcome {
+            Deadline::Done(Ok(Ok(instance))) => Ok(instance),
+            Deadline::Done(Ok(Err(message))) => Err(self.failure(
+                "configure",
+                FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
+            )),
+            Deadline::Done(Err(error)) => {
+                Err(self.failure(function, store.data().classify(&error, limits)))
+            }
+            Deadline::Blocked => Err(self.failure(function, FailureKind::Blocked(limits.timeout))),
+        }
+    }
+
     /// Instantiate on a fresh store, configure, then run `f`. Any failure is
     /// named for the function that was running when it happened.
     ///
@@ -509,8 +521,8 @@ impl LoadedPlugin {
             let configured = plugin.configure(&mut store, &self.settings_json).await?;
             Ok(configured.map(|()| plugin))
         });
-        let result = match configured {
-            Deadline::Done(Ok(Ok(plugin))) => {
+        let result = match self.first_phase(configured, first, &store, limits) {
+            Ok(plugin) => {
                 let state = store.data_mut();
                 state.deciding = true;
                 if let (Some(access), Some((image, plan))) = (state.digests.as_mut(), decision) {
@@ -527,14 +539,7 @@ impl LoadedPlugin {
                     }
                 }
             }
-            Deadline::Done(Ok(Err(message))) => Err(self.failure(
-                "configure",
-                FailureKind::InvalidOutput(untrusted::escape(&message, 4096)),
-            )),
-            Deadline::Done(Err(error)) => {
-                Err(self.failure(first, store.data().classify(&error, limits)))
-            }
-            Deadline::Blocked => Err(self.failure(first, FailureKind::Blocked(limits.timeout))),
+            Err(failure) => Err(failure),
         };
         let state = store.data_mut();
         CallReport {
