@@ -26,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod front;
+pub mod lock;
 pub mod policy;
 pub mod reference;
 pub mod registries_conf;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cache::{BadEntry, Entry};
 use crate::config::{Config, OnError};
+use crate::lock::{Drift, LockedImage};
 use crate::policy::{ArtifactOrigin, LoadedPlugin, Outcome, Resolution, Source, Step};
 use crate::reference::ImageRef;
 use crate::runtime::Pulled;
@@ -255,6 +256,72 @@ impl PullReport {
             input: input.to_string(),
             pulled: None,
             error: Some(error.to_string()),
+        }
+    }
+}
+
+/// `sifr lock --json` and `sifr lock --check --json`: one per image.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockReport {
+    pub schema: u32,
+    /// The reference as written.
+    pub input: String,
+    pub arch: String,
+    /// `sifr lock`: `"locked"` (new), `"updated"`, `"unchanged"`;
+    /// `--check`: `"ok"`, `"drift"`; both: `"error"`.
+    pub outcome: &'static str,
+    /// The entry written (`sifr lock`), or the one checked (`--check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<LockedImage>,
+    /// `--check`: how the image drifted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One way a locked image drifted: its `kind` and fields, and a `message`.
+#[derive(Debug, Serialize)]
+pub struct DriftReport {
+    #[serde(flatten)]
+    pub drift: Drift,
+    pub message: String,
+}
+
+impl LockReport {
+    pub fn new(input: &str, arch: &str, outcome: &'static str) -> Self {
+        Self {
+            schema: SCHEMA,
+            input: input.to_string(),
+            arch: arch.to_string(),
+            outcome,
+            entry: None,
+            drift: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn with_entry(mut self, entry: &LockedImage) -> Self {
+        self.entry = Some(entry.clone());
+        self
+    }
+
+    pub fn with_drift(mut self, drift: &[Drift]) -> Self {
+        self.drift = drift
+            .iter()
+            .map(|d| DriftReport {
+                drift: d.clone(),
+                message: d.to_string(),
+            })
+            .collect();
+        self
+    }
+
+    pub fn failed(input: &str, arch: &str, error: &dyn std::fmt::Display) -> Self {
+        Self {
+            error: Some(error.to_string()),
+            ..Self::new(input, arch, "error")
         }
     }
 }

@@ -20,6 +20,7 @@ mod differential;
 mod e2e;
 mod front;
 mod hostile;
+mod lock;
 mod pins;
 mod policy;
 mod properties;

@@ -4,6 +4,7 @@ mod cache;
 mod cache_view;
 mod docs;
 pub mod front;
+mod lock;
 mod plugin;
 mod progress;
 mod pull;
@@ -35,6 +36,12 @@ pub mod exit {
     pub const PULL_FAILED: u8 = 8;
     /// `sifr cache verify` found missing or corrupt entries.
     pub const CACHE_CORRUPT: u8 = 9;
+    /// A lock file is out of date: `sifr lock --check` found drift, or
+    /// `--frozen` refused.
+    pub const LOCK_DRIFT: u8 = 10;
+    /// `--locked`: the lock file is missing or malformed, or does not lock
+    /// the image (and `sifr lock` cannot read the lock file).
+    pub const NOT_LOCKED: u8 = 11;
 
     /// The one rule for commands that take several images: they go on past
     /// a failure, and exit with the code of the *first* one.
@@ -61,7 +68,9 @@ Config files, read in order (later ones override; see README.md):
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 config or plugin load error,
 4 denied by policy, 5 invalid image reference, 6 plugin failed while deciding,
-7 apptainer not found, 8 every pull source failed, 9 cache corrupt (verify).
+7 apptainer not found, 8 every pull source failed, 9 cache corrupt (verify),
+10 lock out of date (lock --check, --frozen), 11 lock file unusable or image not
+locked (--locked).
 `sifr run` and `sifr exec` exit with the container's own code once it runs.";
 
 /// Pull and run OCI images with Apptainer, under site policy written as
@@ -129,6 +138,23 @@ enum Command {
     ///   sifr exec --pwd /data --bind "$PWD:/data" ubuntu:22.04 -- ls -l
     #[command(verbatim_doc_comment)]
     Exec(run::RunArgs),
+
+    /// Lock images to the manifest digests their tags name now, in sifr.lock.
+    ///
+    /// Runs the policy chain for each image, asks the registry now (the
+    /// origin, else the first reachable source of the plan) which digest
+    /// the tag names, and records it with the chain's plugin digests. Then
+    /// `sifr pull|run|exec --locked sifr.lock IMAGE` pulls exactly that
+    /// digest, whatever the tag names by then. Other entries are kept. With
+    /// no IMAGE, every image in the file is locked again.
+    ///
+    /// Examples:
+    ///   sifr lock ubuntu:22.04 ncbi/blast:2.14.0
+    ///   sifr lock --from images.txt --file envs/sifr.lock
+    ///   sifr lock --check        # exit 10 if a tag moved or the policy changed
+    ///   sifr run --locked sifr.lock ubuntu:22.04 -- cat /etc/os-release
+    #[command(verbatim_doc_comment)]
+    Lock(lock::Args),
 
     /// List, remove, prune and verify cached images.
     #[command(subcommand)]
@@ -274,6 +300,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::pull(&globals, args),
         Command::Run(args) => run::run(&globals, args, sifr::apptainer::RunMode::Run),
         Command::Exec(args) => run::run(&globals, args, sifr::apptainer::RunMode::Exec),
+        Command::Lock(args) => lock::run(&globals, args),
         Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
         Command::Front(command) => front::run(&globals, command),
@@ -297,6 +324,9 @@ pub fn report(error: &anyhow::Error) {
 /// The exit code for an error, from its typed cause.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<sifr::lock::LockError>() {
+            return lock::exit_code(e);
+        }
         if let Some(e) = cause.downcast_ref::<sifr::Error>() {
             return sifr_exit_code(e);
         }

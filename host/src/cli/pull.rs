@@ -39,6 +39,9 @@ pub struct PullArgs {
     json: bool,
 
     #[command(flatten)]
+    locked: super::lock::LockedArgs,
+
+    #[command(flatten)]
     options: PullOptions,
 }
 
@@ -97,26 +100,55 @@ pub(super) fn interrupted_code(error: &sifr::Error) -> Option<u8> {
 }
 
 pub fn pull(globals: &Globals, args: PullArgs) -> Result<u8> {
+    let locked = args.locked.load()?;
     let cancel = Cancel::default();
     let runtime = runtime(globals, &args.options, &cancel)?;
     cancel.install()?;
     let mut code = exit::FirstFailure::default();
     let mut out = Vec::new();
-    for input in &args.images {
-        let image = match ImageRef::parse(input) {
-            Ok(image) => image,
-            Err(e) => {
-                eprintln!("sifr: error: {e}");
-                code.note(exit::INVALID_REFERENCE);
-                out.push(PullReport::failed(input, &e));
-                continue;
+    // --locked: every image is found in the lock (and, with --frozen,
+    // found current) before anything is pulled, or nothing is.
+    let mut pinned: Vec<Option<(ImageRef, sifr::lock::LockedImage)>> = Vec::new();
+    if let Some(locked) = &locked {
+        for input in &args.images {
+            match locked.pin(input, runtime.policy()) {
+                Ok(pin) => pinned.push(Some(pin)),
+                Err(e) => {
+                    eprintln!("sifr: error: {e}");
+                    code.note(super::lock::exit_code(&e));
+                    out.push(PullReport::failed(input, &e));
+                    pinned.push(None);
+                }
             }
+        }
+        if code.code() != 0 {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            return Ok(code.code());
+        }
+    }
+    for (i, input) in args.images.iter().enumerate() {
+        let (image, entry) = match pinned.get_mut(i).and_then(Option::take) {
+            Some((image, entry)) => (image, Some(entry)),
+            None => match ImageRef::parse(input) {
+                Ok(image) => (image, None),
+                Err(e) => {
+                    eprintln!("sifr: error: {e}");
+                    code.note(exit::INVALID_REFERENCE);
+                    out.push(PullReport::failed(input, &e));
+                    continue;
+                }
+            },
         };
         let mut display = Display::new(globals);
         let result = runtime.pull(&image, Purpose::Pull, &mut |p| display.update(p));
         display.finish();
         match result {
             Ok(pulled) => {
+                if let (Some(locked), Some(entry)) = (&locked, &entry) {
+                    locked.check_local(globals, entry, &pulled);
+                }
                 if args.json {
                     out.push(PullReport::pulled(input, &pulled));
                 } else {

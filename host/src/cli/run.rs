@@ -50,6 +50,9 @@ pub struct RunArgs {
     no_env_binds: bool,
 
     #[command(flatten)]
+    locked: super::lock::LockedArgs,
+
+    #[command(flatten)]
     options: PullOptions,
 
     /// The command and its arguments (after `--`).
@@ -69,8 +72,17 @@ pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
         anyhow::bail!("`sifr exec` needs a command: sifr exec IMAGE -- COMMAND [ARGS...]");
     }
     let image = ImageRef::parse(&args.image)?;
+    let locked = args.locked.load()?;
     let cancel = Cancel::default();
     let runtime = runtime(globals, &args.options, &cancel)?;
+    // --locked: the locked digest, or nothing.
+    let (image, entry) = match &locked {
+        Some(locked) => {
+            let (image, entry) = locked.pin(&args.image, runtime.policy())?;
+            (image, Some(entry))
+        }
+        None => (image, None),
+    };
     cancel.install()?;
     let options = RunOptions {
         binds: args.bind,
@@ -93,6 +105,9 @@ pub fn run(globals: &Globals, args: RunArgs, mode: RunMode) -> Result<u8> {
         }
         other => other?,
     };
+    if let (Some(locked), Some(entry)) = (&locked, &entry) {
+        locked.check_local(globals, entry, &pulled);
+    }
     // Stopped after the pull, before the container started.
     if let Some(stopped) = cancel.code() {
         return Ok(stopped);
