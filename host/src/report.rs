@@ -123,6 +123,8 @@ pub struct PluginReport {
     /// `"once"`: decisions start from a snapshot of the configured
     /// instance; `"each-decision"`: each fresh instance is configured.
     pub configure: &'static str,
+    /// The host capabilities its config entry grants it.
+    pub capabilities: Vec<crate::config::Capability>,
     pub timeout_ms: u64,
     pub memory_mib: usize,
 }
@@ -143,6 +145,7 @@ impl PluginReport {
             } else {
                 "each-decision"
             },
+            capabilities: plugin.capabilities.clone(),
             timeout_ms: plugin.limits.timeout.as_millis() as u64,
             memory_mib: plugin.limits.memory_bytes >> 20,
         }

@@ -303,6 +303,7 @@ fn plugin_ls_shows_the_chain_and_the_second_run_does_not_compile() {
     assert_eq!(plugin["api-version"], "0.2.0");
     assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(plugin["artifact"], "compiled");
+    assert_eq!(plugin["capabilities"], serde_json::json!([]));
     assert_eq!(run()["plugins"][0]["artifact"], "cache-hit");
 
     let out = scratch.sifr(&["plugin", "ls"]);

@@ -602,3 +602,63 @@ fn step_json_carries_the_look_ups() {
         StepOutcome::Deny { .. }
     ));
 }
+
+#[test]
+fn plugin_ls_shows_grants_and_plugin_check_can_grant() {
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "config.toml",
+        &format!("[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{GRANT}\n"),
+    );
+    let config = config.to_str().unwrap();
+    let out = scratch.sifr(&["--config", config, "plugin", "ls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["plugins"][0]["capabilities"],
+        serde_json::json!(["resolve-digest"])
+    );
+    assert_eq!(json["plugins"][0]["api-version"], "0.2.0");
+    let out = scratch.sifr(&["--config", config, "plugin", "ls"]);
+    assert!(
+        stdout(&out).contains("granted:  resolve-digest"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The offline harness: the same plugin, with and without the grant. A
+    // registry that is down answers neither; only the grant makes sifr try.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let settings = scratch.write("settings.toml", "mode = \"resolve\"\n");
+    let wasm = plugin_wasm("hostile");
+    let image = format!("127.0.0.1:{down}/team/app:v1");
+    let check = |grant: &[&str]| {
+        let mut args = vec!["plugin", "check", wasm.to_str().unwrap()];
+        args.extend_from_slice(&["--settings", settings.to_str().unwrap()]);
+        args.extend_from_slice(grant);
+        args.push(&image);
+        let out = scratch.sifr(&args);
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let without = check(&[]);
+    assert!(
+        without.contains("resolve-digest is not granted"),
+        "{without}"
+    );
+    let with = check(&["--grant", "resolve-digest"]);
+    assert!(!with.contains("not granted"), "{with}");
+    assert!(
+        with.contains(&format!("cannot reach registry 127.0.0.1:{down}")),
+        "{with}"
+    );
+    let bad = scratch.sifr(&["plugin", "check", "--grant", "network", "x.wasm"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("unknown capability; sifr grants: resolve-digest"),
+        "{}",
+        stderr(&bad)
+    );
+}
