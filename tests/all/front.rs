@@ -581,6 +581,81 @@ fn a_denial_is_one_fatal_line_and_nothing_is_pulled() {
 }
 
 #[test]
+fn sifr_locked_pins_a_workflow_s_pulls_through_the_front() {
+    let m = Machine::new();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let lock = m.path().join("sifr.lock");
+    // As `sifr lock` writes it, for this machine; the chain it names is
+    // not the one in use (for the --frozen case below).
+    std::fs::write(
+        &lock,
+        format!(
+            "version = 1\n\n[[image]]\nreference = \"docker://example.test/busybox:1.36\"\n\
+             canonical = \"example.test/busybox:1.36\"\narch = \"{}\"\n\
+             manifest-digest = \"{digest}\"\nresolved-at = \"example.test\"\npolicy = []\n",
+            sifr::policy::host_arch()
+        ),
+    )
+    .unwrap();
+    let out = ok(m
+        .apptainer(&[
+            "pull",
+            "--name",
+            "x.simg",
+            "docker://example.test/busybox:1.36",
+        ])
+        .env("SIFR_LOCKED", &lock));
+    assert!(is_sif(&m.path().join("x.simg")), "{}", stderr(&out));
+    let pulls = pulls(&m.log);
+    assert_eq!(
+        pulls[0].last().unwrap(),
+        &format!("docker://example.test/busybox@{digest}"),
+        "pulled by the locked digest, whatever the tag names"
+    );
+
+    // An image the lock does not cover: one FATAL line, nothing pulled.
+    for args in [
+        &["pull", "docker://example.test/busybox:1.37"][..],
+        &["exec", "docker://example.test/other:1", "true"],
+    ] {
+        let out = run(m.apptainer(args).env("SIFR_LOCKED", &lock));
+        assert_eq!(out.status.code(), Some(11), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("FATAL:   sifr: ")
+                && err.contains("is not in")
+                && err.contains("sifr lock"),
+            "{err}"
+        );
+    }
+    assert_eq!(common::pulls(&m.log).len(), 1);
+
+    // SIFR_FROZEN=1: the chain is not the locked one, so it refuses.
+    let out = run(m
+        .apptainer(&[
+            "pull",
+            "--force",
+            "--name",
+            "y.simg",
+            "docker://example.test/busybox:1.36",
+        ])
+        .env("SIFR_LOCKED", &lock)
+        .env("SIFR_FROZEN", "1"));
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("out of date"), "{}", stderr(&out));
+    assert!(!m.path().join("y.simg").exists());
+
+    // A lock file that is not one: exit 11, naming it.
+    let bad = m.path().join("bad.lock");
+    std::fs::write(&bad, "version = 7\n").unwrap();
+    let out = run(m
+        .apptainer(&["pull", "docker://example.test/busybox:1.36"])
+        .env("SIFR_LOCKED", &bad));
+    assert_eq!(out.status.code(), Some(11));
+    assert!(stderr(&out).contains("bad.lock"), "{}", stderr(&out));
+}
+
+#[test]
 fn a_pull_flag_the_front_does_not_take_goes_to_apptainer_with_the_policy_s_uri() {
     let m = Machine::with_config(
         "[[plugin]]\nname = \"site-mirror\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\

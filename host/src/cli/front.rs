@@ -299,6 +299,21 @@ fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error>
         .build()
 }
 
+/// `$SIFR_LOCKED`: a workflow's pulls, pinned by its lock file as
+/// `sifr pull --locked` pins sifr's own: `written` (as the engine wrote
+/// it) must be locked for this machine, and is pulled by its locked
+/// digest. `$SIFR_FROZEN=1` is `--frozen`. Any refusal is one FATAL line.
+fn pin_by_lock(runtime: &Runtime, written: &str, image: ImageRef) -> Result<ImageRef, ExitCode> {
+    let Some(path) = std::env::var_os("SIFR_LOCKED").filter(|p| !p.is_empty()) else {
+        return Ok(image);
+    };
+    let frozen = std::env::var("SIFR_FROZEN").is_ok_and(|v| matches!(v.as_str(), "1" | "true"));
+    super::lock::Locked::open(PathBuf::from(path), frozen)
+        .and_then(|locked| locked.pin(written, runtime.policy()))
+        .map(|(image, _)| image)
+        .map_err(|e| fatal(&e.to_string(), super::lock::exit_code(&e)))
+}
+
 /// A failed pull: one FATAL line, or, when a signal stopped it, the death
 /// apptainer would have died (128 + the signal if that cannot be).
 fn pull_failed(e: &sifr::Error) -> ExitCode {
@@ -381,6 +396,10 @@ fn front_pull(
     let runtime = match runtime(config, real) {
         Ok(runtime) => runtime,
         Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
+    };
+    let image = match pin_by_lock(&runtime, &request.reference, image) {
+        Ok(image) => image,
+        Err(code) => return code,
     };
     if let Some(why) = delegate {
         return delegated_pull(&runtime, real, args, request, &image, &why);
@@ -493,6 +512,10 @@ fn front_action(
     let runtime = match runtime(config, real) {
         Ok(runtime) => runtime,
         Err(e) => return fatal(&e.to_string(), super::sifr_exit_code(&e)),
+    };
+    let image = match pin_by_lock(&runtime, &request.reference, image) {
+        Ok(image) => image,
+        Err(code) => return code,
     };
     // Held (eviction waits) until apptainer exits.
     let pulled = match runtime.pull(&image, Purpose::Run, &mut progress(request.quiet)) {

@@ -53,7 +53,10 @@ pub struct LockedArgs {
     /// for this machine's architecture, or nothing is pulled (exit 11).
     /// The policy still chooses the sources; each pulls exactly the locked
     /// digest. The lock file is only read, never written.
-    #[arg(long, value_name = "FILE")]
+    /// $SIFR_LOCKED sets it too, for every sifr command and for the front:
+    /// the pulls a workflow engine makes through `apptainer` are then
+    /// pinned by the workflow's lock file as well.
+    #[arg(long, value_name = "FILE", env = "SIFR_LOCKED")]
     pub locked: Option<PathBuf>,
 
     /// With --locked: also refuse (exit 10), before pulling anything, when
@@ -78,15 +81,20 @@ impl LockedArgs {
         let Some(path) = &self.locked else {
             return Ok(None);
         };
-        Ok(Some(Locked {
-            file: LockFile::load(path)?,
-            path: path.clone(),
-            frozen: self.frozen,
-        }))
+        Locked::open(path.clone(), self.frozen).map(Some)
     }
 }
 
 impl Locked {
+    /// The lock file at `path`, read for `--locked` (and `--frozen`).
+    pub(super) fn open(path: PathBuf, frozen: bool) -> Result<Self, LockError> {
+        Ok(Self {
+            file: LockFile::load(&path)?,
+            path,
+            frozen,
+        })
+    }
+
     /// The image to pull for `input`, as written: its locked entry for
     /// this machine's architecture, pinned to the locked digest. With
     /// `--frozen`, an entry the policy would lock differently now is an
