@@ -946,7 +946,7 @@ mod e2e {
 
         // Without credentials: the documented error.
         let without = RegistryClient::new(RegistryOptions {
-            credentials: sifr::registry::CredentialSources::standard(|_| None, Some(home)),
+            credentials: sifr::registry::CredentialSources::standard(|_| None, Some(home.clone())),
             ..RegistryOptions::default()
         });
         let err = without
@@ -968,6 +968,53 @@ mod e2e {
             assert!(text.contains(word), "{word:?} not in: {text}");
         }
         assert!(!format!("{err:?}").contains("wonder-land"));
+
+        // The same through the command line: `sifr lock` finds the login
+        // where `docker login` left it ($DOCKER_CONFIG), and without it says
+        // to log in. registries.conf marks the registry insecure, as a site
+        // would, which is what allows plain HTTP.
+        let config = work.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[plugin]]\nname = \"site\"\nbuiltin = \"registries\"\n[plugin.settings]\n\
+                 conf = '''\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n'''\n\
+                 [[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n"
+            ),
+        )
+        .unwrap();
+        let image = format!("{host}/team/private:v1");
+        let lock = |docker_config: Option<&std::path::Path>| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+            cmd.args(["--config", config.to_str().unwrap(), "lock", &image])
+                .current_dir(work.path())
+                .env("HOME", &home)
+                .env("XDG_CONFIG_HOME", work.path().join("xdg"))
+                .env("XDG_CACHE_HOME", work.path().join("cache"))
+                .env("SIFR_CACHE_DIR", work.path().join("cache/sifr"))
+                .env_remove("SIFR_CONFIG")
+                .env_remove("XDG_RUNTIME_DIR")
+                .env_remove("APPTAINER_DOCKER_USERNAME")
+                .env_remove("APPTAINER_DOCKER_PASSWORD")
+                .env_remove("DOCKER_CONFIG");
+            if let Some(dir) = docker_config {
+                cmd.env("DOCKER_CONFIG", dir);
+            }
+            cmd.output().unwrap()
+        };
+        let out = lock(None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{err}");
+        assert!(err.contains("log in") && err.contains("401"), "{err}");
+        let out = lock(Some(&docker));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("locked {expected}")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!err.contains("wonder-land"));
     }
 
     #[test]
