@@ -1104,5 +1104,48 @@ mod e2e {
         // The index went up as it was (skopeo copy --all keeps it).
         assert_eq!(on_arm.index_digest.as_ref().unwrap().as_str(), index_digest);
         assert_eq!(on_arm.index_digest, on_amd.index_digest);
+
+        // `sifr lock --arch` records each architecture's manifest, and the
+        // one index both came from.
+        let config = work.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[plugin]]\nname = \"site\"\nbuiltin = \"registries\"\n[plugin.settings]\n\
+                 conf = '''\n[[registry]]\nlocation = \"{host}\"\ninsecure = true\n'''\n"
+            ),
+        )
+        .unwrap();
+        let image = format!("{host}/team/multi:v1");
+        for arch in ["arm64", "amd64"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
+                .args(["--config", config.to_str().unwrap()])
+                .args(["lock", "--arch", arch, &image])
+                .current_dir(work.path())
+                .env("XDG_CONFIG_HOME", work.path().join("xdg"))
+                .env("XDG_CACHE_HOME", work.path().join("cache"))
+                .env("SIFR_CACHE_DIR", work.path().join("cache/sifr"))
+                .env_remove("SIFR_CONFIG")
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let lock = sifr::lock::LockFile::load(&work.path().join("sifr.lock")).unwrap();
+        for (arch, expected) in [("amd64", &amd), ("arm64", &arm)] {
+            let entry = lock.get(&image, arch).expect("locked for each arch");
+            assert_eq!(
+                entry.manifest_digest.as_str(),
+                expected["digest"].as_str().unwrap()
+            );
+            assert_eq!(
+                entry.index_digest.as_ref().map(|d| d.as_str()),
+                Some(index_digest.as_str())
+            );
+        }
     }
 }
