@@ -55,6 +55,9 @@ use crate::registry::RegistryClient;
 /// The version of the format this module reads and writes.
 pub const VERSION: u32 = 1;
 
+/// The largest lock file read: some 40,000 entries.
+const MAX_FILE: u64 = 16 << 20;
+
 /// The file name `sifr lock` writes by default, in the current directory.
 pub const DEFAULT_FILE: &str = "sifr.lock";
 
@@ -324,10 +327,29 @@ struct Header {
 impl LockFile {
     /// Read and check the lock file at `path`.
     pub fn load(path: &Path) -> Result<Self, LockError> {
-        let text = std::fs::read_to_string(path).map_err(|error| LockError::Read {
+        use std::io::Read as _;
+        let read_err = |error| LockError::Read {
             path: path.to_path_buf(),
             error,
-        })?;
+        };
+        // Read at most one byte past the cap, so that a huge file (or a
+        // device) is refused without being read whole.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(LockError::Malformed {
+                path: path.to_path_buf(),
+                message: format!(
+                    "it is larger than {} MiB, far more than any lock file sifr writes; \
+                     check that --locked names a lock file",
+                    MAX_FILE >> 20
+                ),
+            });
+        }
         Self::parse(&text, path)
     }
 

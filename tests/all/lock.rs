@@ -495,6 +495,11 @@ fn a_malformed_or_newer_lock_file_is_refused_with_its_path() {
             format!("{good}{}", &good[good.find("[[image]]").unwrap()..]),
             "is locked twice",
         ),
+        // Not a lock file: refused unread past the cap.
+        (
+            format!("{good}# {}\n", "x".repeat(17 << 20)),
+            "larger than 16 MiB",
+        ),
     ];
     for (text, what) in cases {
         std::fs::write(dir.join("sifr.lock"), &text).unwrap();
