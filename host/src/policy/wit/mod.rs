@@ -2,12 +2,126 @@
 //! one place that dispatches between them.
 //!
 //! Each `since_vX_Y_Z` module holds its `bindgen!`, its host imports and the
-//! conversions between its types and sifr's own; code outside this module
-//! never names a contract version. A plugin is matched to a module by the
-//! version of the `sifr:policy/policy` interface it exports, by semver
-//! rules: `0.1.z` is served by the 0.1 module, whatever `z` is; `0.2.0` or
-//! `1.0.0` needs a module of its own. A plugin built for an older version
-//! keeps loading when a newer one exists.
+//! conversions between its types and sifr's own (0.1.0 and 0.2.0 share
+//! theirs, whose types are the same, through [`v0_exports`]); code outside
+//! this module never names a contract version. A plugin is matched to a
+//! module by the version of the `sifr:policy/policy` interface it exports,
+//! by semver rules: `0.1.z` is served by the 0.1 module, whatever `z` is,
+//! `0.2.z` by the 0.2 module; `0.3.0` or `1.0.0` needs a module of its own.
+//! A plugin built for an older version keeps loading when a newer one
+//! exists.
+
+/// What every contract version whose types and exports are 0.1.0's shares:
+/// linking, instantiating, calling `configure` and `decide`, and the
+/// conversions between its generated types and sifr's own. Expanded inside
+/// each `since_vX_Y_Z` module, after its `bindgen!`, so that every name
+/// here is that version's; a version that changes the types writes its own.
+macro_rules! v0_exports {
+    () => {
+        /// Link this version's host import.
+        pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+            Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+                linker,
+                |state: &mut HostState| state,
+            )
+        }
+
+        pub(crate) fn pre(
+            instance_pre: InstancePre<HostState>,
+        ) -> wasmtime::Result<PluginPre<HostState>> {
+            PluginPre::new(instance_pre)
+        }
+
+        pub(crate) async fn configure(
+            plugin: &Plugin,
+            store: &mut Store<HostState>,
+            settings: &str,
+        ) -> wasmtime::Result<Result<(), String>> {
+            plugin
+                .sifr_policy_policy()
+                .call_configure(store, settings)
+                .await
+        }
+
+        pub(crate) async fn decide(
+            plugin: &Plugin,
+            store: &mut Store<HostState>,
+            image: &ImageRef,
+            ctx: &Context,
+            plan: &[Source],
+        ) -> wasmtime::Result<RawDecision> {
+            let image_w = wit::ImageRef {
+                registry: image.registry.clone(),
+                repository: image.repository.clone(),
+                tag: image.tag.clone(),
+                manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
+            };
+            let ctx_w = wit::Context {
+                purpose: match ctx.purpose {
+                    Purpose::Pull => wit::Purpose::Pull,
+                    Purpose::Run => wit::Purpose::Run,
+                },
+                arch: ctx.arch.clone(),
+                local_sif_digest: ctx.local_sif_digest.as_ref().map(|d| d.to_string()),
+                short_name: image.short_name.clone(),
+            };
+            let plan_w: Vec<wit::Source> = plan.iter().map(source_to_wit).collect();
+            let decision = plugin
+                .sifr_policy_policy()
+                .call_decide(store, &image_w, &ctx_w, &plan_w)
+                .await?;
+            Ok(match decision {
+                wit::Decision::Deny(reason) => RawDecision::Deny(reason),
+                wit::Decision::Plan(sources) => {
+                    RawDecision::Plan(sources.into_iter().map(source_from_wit).collect())
+                }
+            })
+        }
+
+        /// A validated source, as the next plugin receives it.
+        fn source_to_wit(s: &Source) -> wit::Source {
+            wit::Source {
+                registry: s.registry.clone(),
+                repository: s.repository.clone(),
+                reference: match &s.reference {
+                    PullRef::Tag(tag) => wit::PullRef::Tag(tag.clone()),
+                    PullRef::Digest(digest) => wit::PullRef::Digest(digest.to_string()),
+                },
+                plain_http: s.plain_http,
+                note: s.note.clone(),
+            }
+        }
+
+        fn source_from_wit(s: wit::Source) -> RawSource {
+            RawSource {
+                registry: s.registry,
+                repository: s.repository,
+                reference: match s.reference {
+                    wit::PullRef::Tag(tag) => RawPullRef::Tag(tag),
+                    wit::PullRef::Digest(digest) => RawPullRef::Digest(digest),
+                },
+                plain_http: s.plain_http,
+                note: s.note,
+            }
+        }
+
+        /// The types interface has no functions; the host only has to name it.
+        impl self::sifr::policy::types::Host for HostState {}
+
+        /// A `log` level of this version, as sifr's.
+        fn log_level(level: self::sifr::policy::host::Level) -> LogLevel {
+            use self::sifr::policy::host::Level;
+            match level {
+                Level::Trace => LogLevel::Trace,
+                Level::Debug => LogLevel::Debug,
+                Level::Info => LogLevel::Info,
+                Level::Warn => LogLevel::Warn,
+                Level::Error => LogLevel::Error,
+            }
+        }
+    };
+}
+pub(crate) use v0_exports;
 
 mod since_v0_1_0;
 mod since_v0_2_0;

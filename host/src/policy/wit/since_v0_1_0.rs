@@ -1,5 +1,6 @@
 //! Contract `sifr:policy@0.1.0` (`wit/v0.1.0/`): its bindings, its host
-//! import, and the conversions between its types and sifr's own. Nothing
+//! import; the conversions between its types and sifr's own are
+//! `super::v0_exports!`, shared with every version of 0.1.0's types. Nothing
 //! outside this module names a 0.1.0 type.
 
 use semver::Version;
@@ -25,103 +26,11 @@ use self::sifr::policy::types as wit;
 /// The first release of this contract.
 pub(crate) const SINCE: Version = Version::new(0, 1, 0);
 
-/// Link this version's host import.
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state: &mut HostState| {
-        state
-    })
-}
-
-pub(crate) fn pre(instance_pre: InstancePre<HostState>) -> wasmtime::Result<PluginPre<HostState>> {
-    PluginPre::new(instance_pre)
-}
-
-pub(crate) async fn configure(
-    plugin: &Plugin,
-    store: &mut Store<HostState>,
-    settings: &str,
-) -> wasmtime::Result<Result<(), String>> {
-    plugin
-        .sifr_policy_policy()
-        .call_configure(store, settings)
-        .await
-}
-
-pub(crate) async fn decide(
-    plugin: &Plugin,
-    store: &mut Store<HostState>,
-    image: &ImageRef,
-    ctx: &Context,
-    plan: &[Source],
-) -> wasmtime::Result<RawDecision> {
-    let image_w = wit::ImageRef {
-        registry: image.registry.clone(),
-        repository: image.repository.clone(),
-        tag: image.tag.clone(),
-        manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
-    };
-    let ctx_w = wit::Context {
-        purpose: match ctx.purpose {
-            Purpose::Pull => wit::Purpose::Pull,
-            Purpose::Run => wit::Purpose::Run,
-        },
-        arch: ctx.arch.clone(),
-        local_sif_digest: ctx.local_sif_digest.as_ref().map(|d| d.to_string()),
-        short_name: image.short_name.clone(),
-    };
-    let plan_w: Vec<wit::Source> = plan.iter().map(source_to_wit).collect();
-    let decision = plugin
-        .sifr_policy_policy()
-        .call_decide(store, &image_w, &ctx_w, &plan_w)
-        .await?;
-    Ok(match decision {
-        wit::Decision::Deny(reason) => RawDecision::Deny(reason),
-        wit::Decision::Plan(sources) => {
-            RawDecision::Plan(sources.into_iter().map(source_from_wit).collect())
-        }
-    })
-}
-
-/// A validated source, as the next plugin receives it.
-fn source_to_wit(s: &Source) -> wit::Source {
-    wit::Source {
-        registry: s.registry.clone(),
-        repository: s.repository.clone(),
-        reference: match &s.reference {
-            PullRef::Tag(tag) => wit::PullRef::Tag(tag.clone()),
-            PullRef::Digest(digest) => wit::PullRef::Digest(digest.to_string()),
-        },
-        plain_http: s.plain_http,
-        note: s.note.clone(),
-    }
-}
-
-fn source_from_wit(s: wit::Source) -> RawSource {
-    RawSource {
-        registry: s.registry,
-        repository: s.repository,
-        reference: match s.reference {
-            wit::PullRef::Tag(tag) => RawPullRef::Tag(tag),
-            wit::PullRef::Digest(digest) => RawPullRef::Digest(digest),
-        },
-        plain_http: s.plain_http,
-        note: s.note,
-    }
-}
-
-/// The types interface has no functions; the host only has to name it.
-impl self::sifr::policy::types::Host for HostState {}
+super::v0_exports!();
 
 impl self::sifr::policy::host::Host for HostState {
     fn log(&mut self, level: self::sifr::policy::host::Level, message: String) {
-        use self::sifr::policy::host::Level;
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
+        let level = log_level(level);
         self.log_line(level, &message);
     }
 }
