@@ -652,11 +652,7 @@ pub fn resolve_entry(
     arch: &str,
 ) -> Result<LockedImage, LockError> {
     let image = ImageRef::parse(written)?;
-    let ctx = Context {
-        purpose: Purpose::Pull,
-        arch: arch.to_string(),
-        local_sif_digest: None,
-    };
+    let ctx = pull_context(arch);
     let resolution = policy.resolve(&image, &ctx);
     let steps = resolution.steps.clone();
     let plan = resolution
@@ -755,14 +751,7 @@ pub fn check_entry(
         Ok(now) => Ok(entry.drift(&now)),
         Err(LockError::Policy(e)) => match *e {
             crate::Error::Deny { plugin, reason, .. } => {
-                let mut drift = Vec::new();
-                let now = chain_of(policy);
-                if now != entry.policy {
-                    drift.push(Drift::PolicyChanged {
-                        locked: entry.policy.clone(),
-                        now,
-                    });
-                }
+                let mut drift: Vec<Drift> = policy_drift(policy, entry).into_iter().collect();
                 drift.push(Drift::Denied { plugin, reason });
                 Ok(drift)
             }
@@ -772,25 +761,32 @@ pub fn check_entry(
     }
 }
 
+/// How the chain differs from the one `entry` was locked with, if it does.
+fn policy_drift(policy: &Policy, entry: &LockedImage) -> Option<Drift> {
+    let now = chain_of(policy);
+    (now != entry.policy).then(|| Drift::PolicyChanged {
+        locked: entry.policy.clone(),
+        now,
+    })
+}
+
+/// What locking asks the chain with: a pull, for `arch`.
+fn pull_context(arch: &str) -> Context {
+    Context {
+        purpose: Purpose::Pull,
+        arch: arch.to_string(),
+        local_sif_digest: None,
+    }
+}
+
 /// `--frozen`: how the entry would change if locked again now, as far as
 /// can be told without asking a registry: the chain's plugins, and what
 /// the chain decides for the reference (a denial, or a pin to another
 /// digest). A plugin failure is an error.
 pub fn offline_drift(policy: &Policy, entry: &LockedImage) -> Result<Vec<Drift>, LockError> {
-    let mut drift = Vec::new();
-    let now = chain_of(policy);
-    if now != entry.policy {
-        drift.push(Drift::PolicyChanged {
-            locked: entry.policy.clone(),
-            now,
-        });
-    }
+    let mut drift: Vec<Drift> = policy_drift(policy, entry).into_iter().collect();
     let image = ImageRef::parse(&entry.reference)?;
-    let ctx = Context {
-        purpose: Purpose::Pull,
-        arch: entry.arch.clone(),
-        local_sif_digest: None,
-    };
+    let ctx = pull_context(&entry.arch);
     let resolution = policy.resolve(&image, &ctx);
     match resolution.outcome {
         Outcome::Plan(plan) => {
