@@ -409,6 +409,39 @@ fn pin_resolve_refuses_an_image_no_source_can_pin() {
 }
 
 #[test]
+fn a_refusal_after_many_failed_sources_still_fits_a_denial() {
+    // Twenty mirrors that are all down: each error is long, and the
+    // denial must still be one the host accepts (at most 2048 bytes).
+    let down = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let scratch = Scratch::new();
+    let policy = pinning(&scratch, true, "");
+    let image = ImageRef::parse(&format!("127.0.0.1:{}/team/app:v1", down())).unwrap();
+    let mut plan: Vec<Source> = (0..20)
+        .map(|i| Source {
+            registry: format!("127.0.0.1:{}", down()),
+            repository: format!("mirror{i}/team/app"),
+            reference: PullRef::Tag("v1".to_string()),
+            plain_http: true,
+            note: "mirror".to_string(),
+        })
+        .collect();
+    plan.push(Source::origin(&image));
+    let resolution = policy.resolve_from(&image, &ctx(), plan);
+    let Outcome::Deny { reason, .. } = &resolution.outcome else {
+        panic!("{:?}", resolution.outcome);
+    };
+    assert!(reason.len() <= 2048, "{}", reason.len());
+    assert!(reason.ends_with('…'), "{reason}");
+    // The host answered 16 and refused the rest.
+    let lookups = &resolution.steps[0].lookups;
+    assert_eq!(lookups.len(), 17);
+    assert!(matches!(lookups[16].outcome, LookupOutcome::Refused { .. }));
+}
+
+#[test]
 fn pin_resolve_satisfies_require_digest_and_leaves_a_pinned_reference_alone() {
     let (server, digest) = registry(Duration::ZERO);
     let scratch = Scratch::new();

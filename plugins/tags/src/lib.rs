@@ -350,13 +350,34 @@ fn resolve(image: &ImageRef, ctx: &Context, plan: &[Source]) -> Result<(String, 
             }
         }
     }
-    Err(format!(
-        "{}/{}:{tag} could not be pinned to a digest (pin = \"resolve\"), so it is not pulled \
-         by a tag that may have moved; {}",
-        image.registry,
-        image.repository,
-        failures.join("; ")
+    Err(cut(
+        format!(
+            "{}/{}:{tag} could not be pinned to a digest (pin = \"resolve\"), so it is not \
+             pulled by a tag that may have moved; {}",
+            image.registry,
+            image.repository,
+            failures.join("; ")
+        ),
+        MAX_REASON,
     ))
+}
+
+/// The most a denial's reason may hold (the host refuses longer ones).
+const MAX_REASON: usize = 2048;
+
+/// `text` within `max` bytes, cut at a character with `…` when longer (the
+/// whole of every error is in the log lines).
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
 }
 
 sifr_plugin::export!(TagPolicy with_types_in sifr_plugin);
