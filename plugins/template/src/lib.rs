@@ -8,7 +8,7 @@
 //! deny-latest = true                            # optional, default true
 //! ```
 //!
-//! The contract is `wit/policy.wit` (package sifr:policy@0.1.0; `wit` links
+//! The contract is `wit/policy.wit` (package sifr:policy@0.2.0; `wit` links
 //! to the repository's `wit/v0.2.0`); PLUGINS.md
 //! in the sifr repository documents every type and rule.
 
