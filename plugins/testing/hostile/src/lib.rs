@@ -211,8 +211,15 @@ impl Guest for Hostile {
                 Decision::Plan(plan)
             }
             // A look-up, then a short wait of `millis` (in the plugin's
-            // time), then the plan pinned to what it found.
-            "resolve-then-nap" => {
+            // time), then the plan pinned to what it found. `nap-resolve-nap`
+            // waits first too: the look-up then runs while the host's timer
+            // is armed.
+            "resolve-then-nap" | "nap-resolve-nap" => {
+                if settings.mode == "nap-resolve-nap" {
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        settings.millis.unwrap_or(0),
+                    ));
+                }
                 let answer = look_up(&settings, &image, &ctx.arch);
                 std::thread::sleep(std::time::Duration::from_millis(
                     settings.millis.unwrap_or(0),
