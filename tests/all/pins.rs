@@ -699,3 +699,38 @@ fn plugin_ls_shows_grants_and_plugin_check_can_grant() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn what_a_plugin_asks_for_is_escaped_before_anyone_sees_it() {
+    let (server, _) = registry(Duration::ZERO);
+    let scratch = Scratch::new();
+    // Terminal escapes and a bidi override in every argument.
+    let settings = "registry = \"\\u001b[2Jevil\\u202e.example\"\n\
+                    repository = \"team/\\u001b]0;title\\u0007app\"\n\
+                    tag = \"v1\\r\"";
+    let policy = hostile(
+        &scratch,
+        "resolve",
+        GRANT,
+        settings,
+        "",
+        Duration::from_secs(5),
+    );
+    let (image, plan) = image_on(&server);
+    let resolution = policy.resolve_from(&image, &ctx(), plan);
+    let lookup = &resolution.steps[0].lookups[0];
+    for text in [&lookup.registry, &lookup.repository, &lookup.tag] {
+        assert!(
+            !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{text:?}"
+        );
+    }
+    let LookupOutcome::Refused { reason } = &lookup.outcome else {
+        panic!("{:?}", lookup.outcome);
+    };
+    assert!(
+        !reason.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{reason:?}"
+    );
+    assert!(server.requests().is_empty());
+}
