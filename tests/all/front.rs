@@ -569,6 +569,19 @@ fn a_denial_is_one_fatal_line_and_nothing_is_pulled() {
     assert!(!m.path().join("x.simg").exists());
     assert!(pulls(&m.log).is_empty());
 
+    // A pull timeout that is not a duration: refused, as `sifr pull`
+    // refuses it, never a silent default.
+    let out = run(m
+        .apptainer(&["pull", "docker://example.test/busybox:1"])
+        .env("SIFR_PULL_TIMEOUT", "soon"));
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("FATAL:   sifr: $SIFR_PULL_TIMEOUT: \"soon\" is not a duration"),
+        "{err}"
+    );
+    assert!(pulls(&m.log).is_empty());
+
     // Every source failing is one line too.
     let out = run(m
         .apptainer(&["pull", "docker://example.test/busybox:1"])

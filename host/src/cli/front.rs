@@ -281,9 +281,22 @@ fn pass_through(real: &RealApptainer, args: &[OsString]) -> ExitCode {
 }
 
 fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error> {
-    let pull_timeout = std::env::var("SIFR_PULL_TIMEOUT")
-        .ok()
-        .and_then(|t| humantime::parse_duration(&t).ok());
+    // As `sifr pull` reads it: a value that is not a duration is an error,
+    // never a silent 20 minutes.
+    let pull_timeout =
+        match std::env::var("SIFR_PULL_TIMEOUT") {
+            Ok(text) if !text.is_empty() => Some(humantime::parse_duration(&text).map_err(
+                |e| sifr::ConfigError {
+                    path: PathBuf::from("$SIFR_PULL_TIMEOUT"),
+                    location: None,
+                    message: format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"20m\" or \"1h 30m\", \
+                     or unset it"
+                    ),
+                },
+            )?),
+            _ => None,
+        };
     // A signal during a pull (Ctrl-C, scancel, an engine's timeout) stops
     // it: apptainer runs in a process group of its own, which sifr stops
     // and whose temporary file it removes (see `pull_failed`).
