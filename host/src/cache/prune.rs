@@ -45,15 +45,30 @@ impl Selector {
 
     pub fn matches(&self, entry: &Entry) -> bool {
         match self {
-            Self::Image(image) => {
-                let canonical = image.to_string();
-                entry.image == canonical
-                    || (image.tag.is_none()
-                        && image.manifest_digest.is_none()
-                        && entry.image.starts_with(&format!("{canonical}:")))
-            }
+            Self::Image(image) => selects(image, &entry.image),
             Self::Sif(prefix) => entry.sif_digest.starts_with(prefix),
         }
+    }
+}
+
+/// Whether `image`, as `sifr cache rm` takes it, selects a record of
+/// `cached` (a canonical reference): the same reference; for `name:tag`,
+/// also that tag pinned to any digest (as `pin = "resolve"` and `--locked`
+/// cache it); for `name` alone, every tag and pin of it.
+fn selects(image: &ImageRef, cached: &str) -> bool {
+    let canonical = image.to_string();
+    if cached == canonical {
+        return true;
+    }
+    let below = |sep: char| {
+        cached
+            .strip_prefix(canonical.as_str())
+            .is_some_and(|rest| rest.starts_with(sep))
+    };
+    match (&image.tag, &image.manifest_digest) {
+        (None, None) => below(':') || below('@'),
+        (Some(_), None) => below('@'),
+        (_, Some(_)) => false,
     }
 }
 
@@ -266,5 +281,34 @@ mod tests {
         for bad in ["sha256:xyz", "sha256:0123", "Ubuntu", ""] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_image_selects_its_tags_and_their_pins_and_nothing_else() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let ubuntu = "docker.io/library/ubuntu";
+        let records = [
+            format!("{ubuntu}:22.04"),
+            format!("{ubuntu}:22.04@{digest}"),
+            format!("{ubuntu}:24.04"),
+            format!("{ubuntu}@{digest}"),
+            "docker.io/library/ubuntu-debootstrap:22.04".to_string(),
+            format!("docker.io/library/ubuntu-debootstrap:22.04@{digest}"),
+        ];
+        let selected = |what: &str| -> Vec<&str> {
+            let image = ImageRef::parse(what).unwrap();
+            records
+                .iter()
+                .filter(|r| selects(&image, r))
+                .map(String::as_str)
+                .collect()
+        };
+        assert_eq!(
+            selected("ubuntu"),
+            [&records[0], &records[1], &records[2], &records[3]]
+        );
+        assert_eq!(selected("ubuntu:22.04"), [&records[0], &records[1]]);
+        assert_eq!(selected(&format!("ubuntu:22.04@{digest}")), [&records[1]]);
+        assert_eq!(selected(&format!("ubuntu@{digest}")), [&records[3]]);
     }
 }

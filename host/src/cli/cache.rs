@@ -33,8 +33,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         sort: super::cache_view::SortBy,
     },
-    /// Remove cached images by reference (`ubuntu:22.04`; `ubuntu` for all
-    /// its tags) or by SIF digest (`sha256:<hex>`, or 8+ leading hex digits).
+    /// Remove cached images by reference (`ubuntu:22.04`, also as pulled
+    /// by a digest it was pinned to; `ubuntu` for all its tags) or by SIF
+    /// digest (`sha256:<hex>`, or 8+ leading hex digits).
     ///
     /// An image being pulled, or held by a `sifr run`/`exec` until
     /// apptainer has it, is removed once they let go (sifr says it waits).
