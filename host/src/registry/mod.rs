@@ -566,30 +566,20 @@ impl Session<'_> {
     ) -> Result<Response<ureq::Body>, RegistryError> {
         let timeout = self.remaining()?;
         let agent = &self.client.agent;
-        let result = match method {
-            Method::Head => {
-                let mut req = agent.head(url).header("Accept", ACCEPT);
-                if let Some(a) = &authorization {
-                    req = req.header("Authorization", a);
-                }
-                req.config()
-                    .timeout_global(Some(timeout))
-                    .https_only(!self.plain_http)
-                    .build()
-                    .call()
-            }
-            Method::Get => {
-                let mut req = agent.get(url).header("Accept", ACCEPT);
-                if let Some(a) = &authorization {
-                    req = req.header("Authorization", a);
-                }
-                req.config()
-                    .timeout_global(Some(timeout))
-                    .https_only(!self.plain_http)
-                    .build()
-                    .call()
-            }
-        };
+        let mut req = match method {
+            Method::Head => agent.head(url),
+            Method::Get => agent.get(url),
+        }
+        .header("Accept", ACCEPT);
+        if let Some(a) = &authorization {
+            req = req.header("Authorization", a);
+        }
+        let result = req
+            .config()
+            .timeout_global(Some(timeout))
+            .https_only(!self.plain_http)
+            .build()
+            .call();
         result.map_err(|e| self.transport(e))
     }
 
