@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -80,6 +81,8 @@ pub struct LoadedPlugin {
     /// The host capabilities its config grants it.
     pub capabilities: Vec<Capability>,
     pub artifact: ArtifactOrigin,
+    /// The file its native code was loaded from, or saved to.
+    artifact_file: Option<PathBuf>,
     /// The limits its calls run under: the site's for a site-locked plugin.
     pub limits: SandboxLimits,
     settings_json: String,
@@ -216,6 +219,7 @@ impl LoadedPlugin {
             locked: spec.locked,
             capabilities: spec.capabilities.clone(),
             artifact: ArtifactOrigin::Compiled,
+            artifact_file: None,
             limits,
             settings_json,
             configured: false,
@@ -252,6 +256,7 @@ impl LoadedPlugin {
                 };
                 plugin.adopt(component, true)?;
                 plugin.artifact = ArtifactOrigin::CacheHit;
+                plugin.artifact_file = Some(cache.dir().join(&configured_name));
                 plugin.configure_logs = logs;
                 Ok(true)
             };
@@ -276,8 +281,10 @@ impl LoadedPlugin {
                 Once::Snapshot(component) => {
                     // A cache that cannot be written only costs time.
                     let logs = serde_json::to_vec(&plugin.configure_logs).expect("plain data");
-                    if cache.store_bytes(&logs, &logs_name).is_ok() {
-                        let _ = cache.store(&component, &configured_name);
+                    if cache.store_bytes(&logs, &logs_name).is_ok()
+                        && cache.store(&component, &configured_name).is_ok()
+                    {
+                        plugin.artifact_file = Some(cache.dir().join(&configured_name));
                     }
                     plugin.adopt(component, true)?;
                     return Ok(plugin);
@@ -292,7 +299,7 @@ impl LoadedPlugin {
             }
         }
         let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
-        let (component, artifact) =
+        let (component, artifact, artifact_file) =
             compile(sandbox, cache, wasm, plugin.sha256.as_hex()).map_err(|error| match error {
                 CompileError::Invalid(reason) => PluginLoadError::Compile {
                     plugin: name.clone(),
@@ -302,6 +309,7 @@ impl LoadedPlugin {
                 CompileError::OverLimits(what) => over_limits(what),
             })?;
         plugin.artifact = artifact;
+        plugin.artifact_file = artifact_file;
         plugin.adopt(component, false)?;
         // Validate the settings now, so that a bad config fails at load time
         // with the plugin's own message rather than on the first image.
@@ -417,6 +425,12 @@ impl LoadedPlugin {
     /// configures its own fresh instance.
     pub fn configured_once(&self) -> bool {
         self.configured
+    }
+
+    /// The file this plugin's native code was loaded from (a cache hit) or
+    /// saved to (compiled now); `None` when it was compiled and not kept.
+    pub fn artifact_file(&self) -> Option<&Path> {
+        self.artifact_file.as_deref()
     }
 
     /// `sha256:` and the first 12 hex digits.
@@ -617,7 +631,7 @@ fn compile(
     cache: Option<&CompileCache>,
     wasm: &[u8],
     sha256: &str,
-) -> Result<(Component, ArtifactOrigin), CompileError> {
+) -> Result<(Component, ArtifactOrigin, Option<PathBuf>), CompileError> {
     let engine = &sandbox.engine;
     // Nothing compiles this component again: keep none of its functions.
     let _functions = ClearOnDrop(sandbox.functions.clone());
@@ -625,7 +639,11 @@ fn compile(
     if let Some((cache, name)) = &name
         && let Some(component) = cache.load(engine, name)
     {
-        return Ok((component, ArtifactOrigin::CacheHit));
+        return Ok((
+            component,
+            ArtifactOrigin::CacheHit,
+            Some(cache.dir().join(name)),
+        ));
     }
     // One process compiles; the others wait for it, then load its artifact.
     let _lock = name.as_ref().and_then(|(cache, name)| cache.lock(name));
@@ -633,7 +651,11 @@ fn compile(
         && _lock.is_some()
         && let Some(component) = cache.load(engine, name)
     {
-        return Ok((component, ArtifactOrigin::CacheHit));
+        return Ok((
+            component,
+            ArtifactOrigin::CacheHit,
+            Some(cache.dir().join(name)),
+        ));
     }
     if wasm.starts_with(b"\0asm\x01\0\0\0") {
         return Err(CompileError::Invalid(
@@ -652,11 +674,11 @@ fn compile(
             )),
         }
     })?;
-    if let Some((cache, name)) = &name {
-        // A cache that cannot be written only costs time on the next run.
-        let _ = cache.store(&component, name);
-    }
-    Ok((component, ArtifactOrigin::Compiled))
+    // A cache that cannot be written only costs time on the next run.
+    let saved = name
+        .filter(|(cache, name)| cache.store(&component, name).is_ok())
+        .map(|(cache, name)| cache.dir().join(name));
+    Ok((component, ArtifactOrigin::Compiled, saved))
 }
 
 /// The sandbox limit a compile error reports, said the way the limiter
