@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bv_core::error::BvError;
 use bv_core::manifest::GpuSpec;
@@ -17,27 +17,83 @@ use sifr_bv::SifrRuntime;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The apptainer test double, built next to this test's directory (by
-/// `cargo test` at the workspace root; built here when `-p sifr-bv` alone
-/// did not build it).
+/// `cargo test` at the workspace root; built here, into the same target
+/// directory and profile, when `-p sifr-bv` alone did not build it).
 fn apptainer_double() -> PathBuf {
-    static BUILT: Mutex<()> = Mutex::new(());
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("apptainer-test-double");
-    let _guard = BUILT.lock().unwrap();
-    if !path.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "sifr-apptainer-double"])
-            .status()
-            .expect("running cargo to build the apptainer test double");
-        assert!(
-            status.success(),
-            "building the apptainer test double failed"
-        );
+    // Built once; a failure is reported to every test with its cause,
+    // not as a poisoned lock after the first.
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(build_double)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_double() -> Result<PathBuf, String> {
+    // This test runs from TARGET[/TRIPLE]/PROFILE/deps/; the double is a
+    // binary of the workspace, so it lives in TARGET[/TRIPLE]/PROFILE/.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no profile dir")?;
+    let path = profile_dir.join("apptainer-test-double");
+    if path.is_file() {
+        return Ok(path);
     }
-    assert!(path.is_file(), "{} is missing", path.display());
-    path
+    let (target_dir, triple) = target_of(profile_dir)?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "-p", "sifr-apptainer-double", "--target-dir"])
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        other => {
+            build.args(["--profile", other]);
+        }
+    }
+    if let Some(triple) = triple {
+        build.args(["--target", triple]);
+    }
+    let status = build
+        .status()
+        .map_err(|e| format!("running cargo to build the apptainer test double: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the apptainer test double failed: {build:?}"
+        ));
+    }
+    if !path.is_file() {
+        return Err(format!("{} is missing after {build:?}", path.display()));
+    }
+    Ok(path)
+}
+
+/// The target directory a profile directory is in, and the target triple
+/// when the build named one (`TARGET/TRIPLE/PROFILE`). Cargo marks the root
+/// of every target directory with `CACHEDIR.TAG`.
+fn target_of(profile_dir: &Path) -> Result<(&Path, Option<&str>), String> {
+    let parent = profile_dir.parent().ok_or("no target dir")?;
+    if parent.join("CACHEDIR.TAG").is_file() {
+        return Ok((parent, None));
+    }
+    match (parent.parent(), parent.file_name().and_then(|n| n.to_str())) {
+        (Some(root), Some(triple)) if root.join("CACHEDIR.TAG").is_file() => {
+            Ok((root, Some(triple)))
+        }
+        _ => Err(format!(
+            "{} is not inside a cargo target directory",
+            profile_dir.display()
+        )),
+    }
 }
 
 /// One test's world: a cache, a log of the double's argv, and a wrapper
