@@ -45,6 +45,57 @@ fn resolve_prints_the_uris_apptainer_would_receive() {
     }
 }
 
+/// The README's first command, read from the README itself: the example
+/// site policy shows a mirror ahead of its origin, and two denials, each
+/// explained, with no network and no apptainer.
+#[test]
+fn the_readmes_first_command_shows_a_mirror_a_fallback_and_denials() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let command = readme
+        .lines()
+        .find(|line| line.starts_with("cargo run -p sifr -- "))
+        .expect("the README's first command");
+    let args: Vec<&str> = command
+        .trim_start_matches("cargo run -p sifr -- ")
+        .split_whitespace()
+        .collect();
+    let scratch = Scratch::new();
+    let out = scratch.sifr_in(root, &args);
+    assert_eq!(out.status.code(), Some(4), "denied: {}", stderr(&out));
+    let text = stdout(&out);
+    let blast = text.split("\n\n").next().unwrap();
+    assert!(
+        blast.ends_with(
+            "  result: try in this order\n\
+             \x20   1. docker://harbor.example.org/dockerhub/ncbi/blast:2.14.0\n\
+             \x20   2. docker://ncbi/blast:2.14.0"
+        ),
+        "the mirror first, then Docker Hub:\n{text}"
+    );
+    assert!(
+        blast.contains("# mirror of [[registry]] \"docker.io\" (registries.conf)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  result: denied by 'site-rules': `:latest` is not reproducible (rule deny-latest)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  result: denied by 'site-registries': registry.example.com/lab/tool:1.0 is blocked \
+             by registries.conf: [[registry]] prefix = \"registry.example.com\" has blocked = true"
+        ),
+        "{text}"
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 2, "one error line per denial: {err}");
+}
+
 #[test]
 fn resolve_with_mirrors_lists_them_in_try_order() {
     let scratch = scratch();

@@ -42,14 +42,26 @@ impl Scratch {
 
     /// `sifr ARGS...` with this scratch's XDG folders and cache.
     pub fn sifr(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sifr"))
+        self.command().args(args).output().expect("running sifr")
+    }
+
+    /// `sifr ARGS...` as [`Scratch::sifr`], run in `dir`.
+    pub fn sifr_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command()
+            .current_dir(dir)
             .args(args)
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("XDG_CACHE_HOME", self.path().join("cache"))
-            .env("SIFR_CACHE_DIR", self.path().join("cache/sifr"))
-            .env_remove("SIFR_CONFIG")
             .output()
             .expect("running sifr")
+    }
+
+    /// The `sifr` binary with this scratch's XDG folders and cache.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+        cmd.env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
+            .env("SIFR_CACHE_DIR", self.path().join("cache/sifr"))
+            .env_remove("SIFR_CONFIG");
+        cmd
     }
 }
 
