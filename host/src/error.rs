@@ -71,6 +71,13 @@ pub enum Error {
         source: wasmtime::Error,
     },
 
+    /// `sifr site prepare` could not fill the site store.
+    #[error("cannot prepare the site store {}: {reason}", store.display())]
+    SiteStore {
+        store: std::path::PathBuf,
+        reason: String,
+    },
+
     /// An I/O error outside the plugins (compile cache and the like).
     #[error("{what}: {source}")]
     Io {
@@ -98,6 +105,7 @@ impl From<PolicyError> for Error {
                 reason,
             },
             PolicyError::PluginFailed(e) => Self::PluginFailed(e),
+            PolicyError::SiteStore { store, reason } => Self::SiteStore { store, reason },
         }
     }
 }

@@ -118,8 +118,14 @@ pub struct PluginReport {
     pub on_error: OnError,
     pub locked: bool,
     pub settings: serde_json::Value,
-    /// Whether its native code was compiled now or loaded from the cache.
+    /// Whether its native code was compiled now, loaded from the user's
+    /// compile cache, or (site-locked) loaded from the site store.
     pub artifact: ArtifactOrigin,
+    /// The file its native code was loaded from or saved to.
+    pub artifact_file: Option<std::path::PathBuf>,
+    /// Why a site-locked plugin was compiled now rather than loaded from
+    /// the site store (`sifr site prepare` fills it).
+    pub site_store_miss: Option<String>,
     /// `"once"`: decisions start from a snapshot of the configured
     /// instance; `"each-decision"`: each fresh instance is configured.
     pub configure: &'static str,
@@ -140,6 +146,8 @@ impl PluginReport {
             locked: plugin.locked,
             settings: plugin.settings.clone(),
             artifact: plugin.artifact,
+            artifact_file: plugin.artifact_file().map(Into::into),
+            site_store_miss: plugin.site_store_miss().map(Into::into),
             configure: if plugin.configured_once() {
                 "once"
             } else {

@@ -28,4 +28,5 @@ mod pull;
 mod registries;
 mod registry_client;
 mod shared_cache;
+mod site_store;
 mod tags;

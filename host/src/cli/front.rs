@@ -305,11 +305,15 @@ fn runtime(config: Config, real: &RealApptainer) -> Result<Runtime, sifr::Error>
         what: "cannot catch signals".into(),
         source,
     })?;
-    super::builder(config)
+    let runtime = super::builder(config)
         .apptainer(Some(real.path.clone()), None)
         .pull_timeout(None, pull_timeout)
         .cancel(cancel.flag())
-        .build()
+        .build()?;
+    if let Some(message) = super::site::miss_warning(runtime.policy()) {
+        eprintln!("WARNING: sifr: {message}");
+    }
+    Ok(runtime)
 }
 
 /// `$SIFR_LOCKED`: a workflow's pulls, pinned by its lock file as

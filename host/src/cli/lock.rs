@@ -238,6 +238,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
     };
     let policy = Policy::load(builder.config(), &options).map_err(sifr::Error::from);
     let policy = policy.context("loading the policy chain")?;
+    globals.warn_site_store(&policy);
     // The SIF files already cached, for `[image.local]`; a cache that is
     // not there yet is not made for that.
     let cache = builder

@@ -10,6 +10,7 @@ mod progress;
 mod pull;
 mod resolve;
 mod run;
+mod site;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -164,6 +165,10 @@ enum Command {
     #[command(subcommand)]
     Plugin(plugin::Command),
 
+    /// For site admins: compile the site's locked plugins where users load them fast.
+    #[command(subcommand)]
+    Site(site::Command),
+
     /// sifr as `apptainer`: install the front, and see what it does.
     ///
     /// Invoked as `apptainer` or `singularity` (links that `sifr front
@@ -227,6 +232,15 @@ impl Globals {
     pub fn warn(&self, message: &str) {
         if !self.quiet {
             eprintln!("sifr: warning: {message}");
+        }
+    }
+
+    /// One warning line when site-locked plugins were compiled now rather
+    /// than loaded from the site store: slow on every call until an admin
+    /// prepares the store.
+    pub fn warn_site_store(&self, policy: &sifr::Policy) {
+        if let Some(message) = site::miss_warning(policy) {
+            self.warn(&message);
         }
     }
 }
@@ -304,6 +318,7 @@ pub fn main() -> ExitCode {
         Command::Cache(command) => cache::run(&globals, command),
         Command::Plugin(command) => plugin::run(&globals, command),
         Command::Front(command) => front::run(&globals, command),
+        Command::Site(command) => site::run(&globals, command),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
     };
@@ -351,6 +366,7 @@ pub fn sifr_exit_code(error: &sifr::Error) -> u8 {
         sifr::Error::Io { .. }
         | sifr::Error::Cache(_)
         | sifr::Error::NoCacheDir
+        | sifr::Error::SiteStore { .. }
         | sifr::Error::Engine { .. } => exit::FAILURE,
     }
 }

@@ -100,6 +100,7 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
     let policy = super::builder(config.clone())
         .policy()
         .context("loading the policy chain")?;
+    globals.warn_site_store(&policy);
     if json {
         let report = PluginListReport::of(&config, policy.plugins());
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -133,8 +134,26 @@ fn ls(globals: &Globals, json: bool) -> Result<u8> {
             println!("   granted:  {}", granted.join(", "));
         }
         println!("   settings: {}", plugin.settings);
+        println!("   code:     {}", code_origin(plugin));
     }
     Ok(0)
+}
+
+/// Where a plugin's native code came from, for `plugin ls` and `check`.
+fn code_origin(plugin: &sifr::policy::LoadedPlugin) -> String {
+    let file = plugin
+        .artifact_file()
+        .map(|f| format!(" ({})", f.display()))
+        .unwrap_or_default();
+    match plugin.artifact {
+        ArtifactOrigin::SiteStore => format!("from the site store{file}"),
+        ArtifactOrigin::CacheHit => format!("from your compile cache{file}"),
+        ArtifactOrigin::Compiled => match plugin.site_store_miss() {
+            Some(why) => format!("compiled now, not from the site store: {why}"),
+            None if file.is_empty() => "compiled now".to_string(),
+            None => format!("compiled now, kept in your compile cache{file}"),
+        },
+    }
 }
 
 fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {

@@ -55,11 +55,13 @@ pub(super) fn runtime(
         super::config_env(),
     ))?;
     // `--pull-timeout` has read $SIFR_PULL_TIMEOUT already (clap's `env`).
-    Ok(super::builder(config)
+    let runtime = super::builder(config)
         .apptainer(options.apptainer.clone(), super::apptainer_env())
         .pull_timeout(options.pull_timeout, None)
         .cancel(cancel.flag())
-        .build()?)
+        .build()?;
+    globals.warn_site_store(runtime.policy());
+    Ok(runtime)
 }
 
 /// SIGINT, SIGTERM and SIGHUP while pulling: the pull stops (apptainer's

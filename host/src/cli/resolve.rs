@@ -47,6 +47,7 @@ pub fn run(globals: &Globals, args: Args) -> Result<u8> {
     let policy = super::builder(config)
         .policy()
         .context("loading the policy chain")?;
+    globals.warn_site_store(&policy);
     let mut ctx = Context::new(args.purpose.into());
     if let Some(arch) = args.arch {
         ctx.arch = arch;

@@ -21,6 +21,16 @@ pub(super) struct FileToml {
     pub(super) cache: Option<CacheToml>,
     #[serde(default)]
     pub(super) registry: Option<RegistryToml>,
+    #[serde(default)]
+    pub(super) site: Option<toml::Spanned<SiteToml>>,
+}
+
+/// `[site]`: the site file's own settings, refused in any other layer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct SiteToml {
+    /// The site store: compiled site-locked plugins, root's alone.
+    pub(super) store: Option<PathBuf>,
 }
 
 /// `[registry]`: how the host asks registries for digests.

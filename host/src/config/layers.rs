@@ -166,6 +166,31 @@ impl Config {
                     config.digest_ttl = Some(duration("digest-ttl", ttl)?);
                 }
             }
+            if let Some(site) = file.site {
+                let span = site.span();
+                if layer != Layer::Site {
+                    return Err(err(
+                        span,
+                        format!(
+                            "[site] is only honoured in the site config ({SITE_CONFIG}): where \
+                             site-locked plugins' compiled code comes from is the site's to say"
+                        ),
+                    ));
+                }
+                if let Some(store) = site.into_inner().store {
+                    if !store.is_absolute() {
+                        return Err(err(
+                            span,
+                            format!(
+                                "[site] store = {:?} must be an absolute path: every level of \
+                                 it is checked from / to be root's",
+                                store.display()
+                            ),
+                        ));
+                    }
+                    config.site_store = store;
+                }
+            }
             if let Some(entries) = file.plugin {
                 let mut specs = Vec::with_capacity(entries.len());
                 for entry in entries {

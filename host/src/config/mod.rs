@@ -41,6 +41,11 @@ pub use plugin_spec::{Capability, OnError, PluginSource, PluginSpec};
 /// The site config, which can lock plugins into every chain.
 pub const SITE_CONFIG: &str = "/etc/sifr/config.toml";
 
+/// Where `sifr site prepare` keeps compiled site-locked plugins, unless
+/// the site config's `[site] store` says otherwise: regenerable data of the
+/// package, so under `/var/cache` (FHS 5.5).
+pub const SITE_STORE: &str = "/var/cache/sifr/plugins";
+
 /// A config file problem, with its location when there is one.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
@@ -96,6 +101,9 @@ pub struct Config {
     /// `[registry] digest-ttl`: how long a tag's digest is kept in the
     /// per-user digest cache. Default 5 minutes; `"0s"` keeps none.
     pub digest_ttl: Option<Duration>,
+    /// `[site] store`: where site-locked plugins are loaded from, compiled
+    /// (see `sifr site prepare`). Only the site file may set it.
+    pub site_store: PathBuf,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -112,6 +120,7 @@ impl Default for Config {
             trusted_owners: Vec::new(),
             registry_timeout: None,
             digest_ttl: None,
+            site_store: PathBuf::from(SITE_STORE),
             files: Vec::new(),
         }
     }

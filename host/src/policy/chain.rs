@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::capability::DigestLookup;
 use super::compile_cache::CompileCache;
 use super::error::{PluginFailure, PluginLoadError, PolicyError};
-use super::plugin::LoadedPlugin;
+use super::plugin::{LoadedPlugin, SiteArtifacts};
 use super::sandbox::{LogLine, Sandbox};
 use super::validate::Decision;
 use super::{Context, Source};
@@ -86,6 +86,23 @@ fn limits_of(config: &Config, spec: &PluginSpec) -> SandboxLimits {
     } else {
         config.sandbox
     }
+}
+
+/// One site-locked plugin in the site store, as [`Policy::prepare_site`]
+/// left it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PreparedPlugin {
+    pub name: String,
+    /// `sha256:` and the wasm's full digest.
+    pub sha256: String,
+    /// The artifact users' processes load.
+    pub artifact: Option<std::path::PathBuf>,
+    /// `"once"`: decisions start from the configured snapshot;
+    /// `"each-decision"`: the plugin cannot be snapshotted.
+    pub configure: &'static str,
+    /// Compiled by this run, rather than already in the store.
+    pub compiled_now: bool,
 }
 
 /// A loaded chain of plugins. Load once, resolve many times.
@@ -162,11 +179,29 @@ impl Resolution {
 }
 
 impl Policy {
-    /// Load every plugin of `config`'s chain, in order.
+    /// Load every plugin of `config`'s chain, in order. Site-locked plugins
+    /// come from the site store (`config.site_store`) when it is safe and
+    /// prepared for them, else they are compiled now: see
+    /// [`Policy::site_store_misses`].
     pub fn load(config: &Config, options: &PolicyOptions) -> Result<Self, PolicyError> {
+        Self::load_with_site(config, options, false)
+    }
+
+    /// [`Policy::load`]; `prepare`: compile and configure the site-locked
+    /// plugins into the site store (`sifr site prepare`, as root).
+    pub(crate) fn load_with_site(
+        config: &Config,
+        options: &PolicyOptions,
+        prepare: bool,
+    ) -> Result<Self, PolicyError> {
         let engine = match &options.engine {
             Some(engine) => engine.clone(),
             None => PolicyEngine::for_config(config)?,
+        };
+        let store = CompileCache::site(&config.site_store);
+        let site = SiteArtifacts {
+            store: &store,
+            prepare,
         };
         let plugins = config
             .plugins
@@ -177,11 +212,94 @@ impl Policy {
                     limits_of(config, spec),
                     &engine.0,
                     options.compile_cache.as_ref(),
+                    Some(site),
                     options.registry.as_ref(),
                 )
             })
             .collect::<Result<_, PluginLoadError>>()?;
         Ok(Self { plugins })
+    }
+
+    /// Compile and configure every site-locked plugin of `config` into its
+    /// site store (`config.site_store`), as `sifr site prepare` does: run
+    /// as root, after installing or upgrading sifr and after changing the
+    /// site config. Give it the site file alone (its chain and
+    /// `[sandbox]`), so that the store holds what users' processes look
+    /// for. Each plugin is then loaded back from the store as a user's
+    /// process loads it; one that does not load from there is an error.
+    pub fn prepare_site(
+        config: &Config,
+        options: &PolicyOptions,
+    ) -> Result<Vec<PreparedPlugin>, PolicyError> {
+        let failed = |reason: String| PolicyError::SiteStore {
+            store: config.site_store.clone(),
+            reason,
+        };
+        if !rustix::process::geteuid().is_root() {
+            return Err(failed(
+                "only root may write it, so that users can trust what it holds: run \
+                 `sudo sifr site prepare`"
+                    .into(),
+            ));
+        }
+        let store = CompileCache::site(&config.site_store);
+        store
+            .create_dir()
+            .map_err(|e| failed(format!("cannot make it: {e}")))?;
+        store.check_site().map_err(|problem| {
+            failed(format!(
+                "{problem}; every level of its path must be root's and writable by no one \
+                 else (chown root, chmod go-w), or name another in [site] store"
+            ))
+        })?;
+        let locked = Config {
+            plugins: config
+                .plugins
+                .iter()
+                .filter(|s| s.locked)
+                .cloned()
+                .collect(),
+            ..config.clone()
+        };
+        let options = PolicyOptions {
+            engine: Some(match &options.engine {
+                Some(engine) => engine.clone(),
+                None => PolicyEngine::for_config(config)?,
+            }),
+            ..options.clone()
+        };
+        let written = Self::load_with_site(&locked, &options, true)?;
+        let read = Self::load_with_site(&locked, &options, false)?;
+        let mut prepared = Vec::new();
+        for (wrote, plugin) in written.plugins.iter().zip(&read.plugins) {
+            if let Some(why) = plugin.site_store_miss() {
+                return Err(failed(format!(
+                    "plugin '{}' was written but does not load back from it: {why}",
+                    plugin.name
+                )));
+            }
+            prepared.push(PreparedPlugin {
+                name: plugin.name.clone(),
+                sha256: plugin.sha256.to_string(),
+                artifact: plugin.artifact_file().map(Into::into),
+                configure: if plugin.configured_once() {
+                    "once"
+                } else {
+                    "each-decision"
+                },
+                compiled_now: wrote.artifact == super::ArtifactOrigin::Compiled,
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// The site-locked plugins that were compiled now rather than loaded
+    /// from the site store, each with why: slow on every load until an
+    /// admin runs `sifr site prepare`.
+    pub fn site_store_misses(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.plugins
+            .iter()
+            .filter_map(|p| p.site_store_miss().map(|why| (p.name.as_str(), why)))
     }
 
     /// Load one plugin on its own, as `sifr plugin check` does.
@@ -199,6 +317,7 @@ impl Policy {
             limits,
             &engine.0,
             options.compile_cache.as_ref(),
+            None,
             options.registry.as_ref(),
         )?;
         Ok(Self {

@@ -18,9 +18,16 @@
 //!   user writes into the verified directory (by renaming a finished file
 //!   into place), so the name binds the artifact to its wasm; a mismatch of
 //!   any kind means "compile again", never "load".
-//! - Site-locked plugins are never loaded from this cache at all: the user
-//!   can write it, and the site's policy must not depend on anything the
-//!   user can write (see `LoadedPlugin::load`).
+//! - Site-locked plugins are never loaded from the user's cache at all: the
+//!   user can write it, and the site's policy must not depend on anything
+//!   the user can write (see `LoadedPlugin::load`). They are loaded from the
+//!   **site store** ([`CompileCache::site`]) instead, which `sifr site
+//!   prepare` fills as root: a directory that root owns and no one else can
+//!   write, at every level up to `/`, checked on descriptors opened level by
+//!   level without following symlinks. Its artifacts are root's, and each
+//!   is bound to its name by a sidecar (`NAME.id`) that records the file's
+//!   identity (device, inode, size, times) as prepare left it, so an
+//!   artifact renamed or copied to another plugin's name is not loaded.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -34,10 +41,32 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// A directory of compiled plugins.
+/// A directory of compiled plugins: the user's own, or the site's.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    owner: Owner,
+}
+
+/// Whose directory it is, and so what is trusted in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The effective user's: 0700, their files.
+    User,
+    /// Root's, every level up to `/` root's and writable by no one else;
+    /// written only by `sifr site prepare`, read by everyone.
+    Site,
+}
+
+/// Why a compiled-plugin directory cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreProblem {
+    /// It, or a level above it, does not exist (yet).
+    #[error("{}: does not exist", .0.display())]
+    Missing(PathBuf),
+    /// It is not safe to load native code from: the reason.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 /// Feeds `Hash` into sha256, for a key that is stable across processes.
@@ -56,7 +85,25 @@ impl CompileCache {
     /// The cache in `dir`, created (mode 0700) when first written. It is
     /// used only while it is the user's own and private.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            owner: Owner::User,
+        }
+    }
+
+    /// The site store in `dir`: site-locked plugins are loaded from it
+    /// while it is root's and no one else can write it, at every level up
+    /// to `/`. Only root writes it (`sifr site prepare`).
+    pub fn site(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            owner: Owner::Site,
+        }
+    }
+
+    /// Whether this is the site store.
+    pub fn is_site(&self) -> bool {
+        self.owner == Owner::Site
     }
 
     /// The user's own compiled-plugin cache: `$XDG_CACHE_HOME/sifr/plugins`.
@@ -113,23 +160,45 @@ impl CompileCache {
 
     /// The cached component, if there is one this user can trust.
     pub(crate) fn load(&self, engine: &Engine, name: &str) -> Option<Component> {
-        let dir = self.open_private_dir()?;
-        let file = open_trusted(&dir, name)?;
+        let dir = self.open_dir().ok()?;
+        let file = self.open_trusted(&dir, name)?;
+        if self.owner == Owner::Site && !self.bound(&dir, &file, name) {
+            return None;
+        }
         match deserialize(engine, &file) {
             Ok(component) => Some(component),
-            Err(_) => {
+            Err(_) if self.owner == Owner::User => {
                 // Corrupt or from an incompatible build: compile afresh.
                 let _ = rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty());
                 None
             }
+            // The site's store is the site's to mend (`sifr site prepare`).
+            Err(_) => None,
         }
+    }
+
+    /// Whether the artifact open on `file` is the one prepare saved as
+    /// `name`: its sidecar names it and the file's identity then. A rename
+    /// or a copy changes the identity (a rename moves the change time).
+    fn bound(&self, dir: &OwnedFd, file: &OwnedFd, name: &str) -> bool {
+        let Some(sidecar) = self.open_trusted(dir, &id_name(name)) else {
+            return false;
+        };
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut fs::File::from(sidecar), &mut text).is_err() {
+            return false;
+        }
+        let Ok(stat) = rustix::fs::fstat(file) else {
+            return false;
+        };
+        text == format!("{name} {}\n", stat_identity(&stat))
     }
 
     /// The small file `name` beside the artifacts (a snapshot's log lines),
     /// on the same terms as an artifact.
     pub(crate) fn load_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        let dir = self.open_private_dir()?;
-        let file = open_trusted(&dir, name)?;
+        let dir = self.open_dir().ok()?;
+        let file = self.open_trusted(&dir, name)?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut fs::File::from(file), &mut bytes).ok()?;
         Some(bytes)
@@ -166,12 +235,8 @@ impl CompileCache {
     /// directory, so a process that dies lets go of it. `None` when there
     /// is no private directory to lock in: compile without one.
     pub(crate) fn lock(&self, name: &str) -> Option<CompileLock> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .ok()?;
-        let dir = self.open_private_dir()?;
+        self.create_dir().ok()?;
+        let dir = self.open_dir().ok()?;
         let file = rustix::fs::openat(
             &dir,
             format!("{name}.lock"),
@@ -188,20 +253,31 @@ impl CompileCache {
     /// half an artifact, and a mapped artifact is never changed in place.
     pub(crate) fn store(&self, component: &Component, name: &str) -> std::io::Result<()> {
         let bytes = component.serialize().map_err(std::io::Error::other)?;
-        self.store_bytes(&bytes, name)
+        let file = self.store_file(&bytes, name)?;
+        if self.owner == Owner::Site {
+            // Bind the artifact to its name as it now is (see `bound`).
+            let stat = rustix::fs::fstat(&file)?;
+            let text = format!("{name} {}\n", stat_identity(&stat));
+            self.store_bytes(text.as_bytes(), &id_name(name))?;
+        }
+        Ok(())
     }
 
     /// Save `bytes` as `name`, as [`CompileCache::store`] does.
     pub(crate) fn store_bytes(&self, bytes: &[u8], name: &str) -> std::io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
-        let dir = self.open_private_dir().ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{} is not private to this user; compiled plugins are not kept there",
-                self.dir.display()
-            ))
+        self.store_file(bytes, name).map(drop)
+    }
+
+    /// Save `bytes` as `name`; the file, open, after its rename into place.
+    fn store_file(&self, bytes: &[u8], name: &str) -> std::io::Result<OwnedFd> {
+        if self.owner == Owner::Site && !rustix::process::geteuid().is_root() {
+            return Err(std::io::Error::other(
+                "only root writes the site store (sifr site prepare)",
+            ));
+        }
+        self.create_dir()?;
+        let dir = self.open_dir().map_err(|problem| {
+            std::io::Error::other(format!("compiled plugins are not kept there: {problem}"))
         })?;
         let tmp = format!(".compiling-{}-{name}", std::process::id());
         let file = rustix::fs::openat(
@@ -210,28 +286,172 @@ impl CompileCache {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )?;
+        // The site's artifacts are read by every user: 0644 whatever the
+        // umask (the mode is set on the descriptor, not by openat's mask).
+        if self.owner == Owner::Site {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+        }
         let mut file = fs::File::from(file);
         let written = file.write_all(bytes).and_then(|()| file.sync_all());
         let renamed = written.and_then(|()| Ok(rustix::fs::renameat(&dir, &tmp, &dir, name)?));
         if renamed.is_err() {
             let _ = rustix::fs::unlinkat(&dir, &tmp, rustix::fs::AtFlags::empty());
         }
-        renamed
+        renamed.map(|()| OwnedFd::from(file))
+    }
+
+    /// Make the directory: 0700 for the user's; 0755 for the site's, with
+    /// every level it makes set to 0755 whatever root's umask, so that
+    /// users can read it.
+    pub(crate) fn create_dir(&self) -> std::io::Result<()> {
+        match self.owner {
+            Owner::User => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir),
+            Owner::Site => {
+                use std::os::unix::fs::PermissionsExt;
+                let missing: Vec<&Path> =
+                    self.dir.ancestors().take_while(|p| !p.exists()).collect();
+                fs::DirBuilder::new().recursive(true).create(&self.dir)?;
+                for level in missing {
+                    fs::set_permissions(level, fs::Permissions::from_mode(0o755))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The directory, opened without following a symlink and checked on
-    /// its descriptor: this user's, and no one else may even look in.
-    fn open_private_dir(&self) -> Option<OwnedFd> {
-        let dir = rustix::fs::open(
-            &self.dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    /// its descriptor: for the user's, this user's, and no one else may
+    /// even look in; for the site's, see [`open_site_dir`].
+    fn open_dir(&self) -> Result<OwnedFd, StoreProblem> {
+        match self.owner {
+            Owner::User => {
+                let unusable = || {
+                    StoreProblem::Unsafe(format!(
+                        "{} is not private to this user",
+                        self.dir.display()
+                    ))
+                };
+                let dir = rustix::fs::open(
+                    &self.dir,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|_| unusable())?;
+                let stat = rustix::fs::fstat(&dir).map_err(|_| unusable())?;
+                let me = rustix::process::geteuid().as_raw();
+                (stat.st_uid == me && stat.st_mode & 0o077 == 0)
+                    .then_some(dir)
+                    .ok_or_else(unusable)
+            }
+            Owner::Site => open_site_dir(&self.dir),
+        }
+    }
+
+    /// Whether the site store can be used at all, and if not, why.
+    pub fn check_site(&self) -> Result<(), StoreProblem> {
+        open_site_dir(&self.dir).map(drop)
+    }
+
+    /// `name` in `dir`, opened without following a symlink and checked on
+    /// the descriptor: a regular file, the owner's (this user's, or root's
+    /// in the site store), that no one else can write.
+    fn open_trusted(&self, dir: &OwnedFd, name: &str) -> Option<OwnedFd> {
+        let file = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
             Mode::empty(),
         )
         .ok()?;
-        let stat = rustix::fs::fstat(&dir).ok()?;
-        let me = rustix::process::geteuid().as_raw();
-        (stat.st_uid == me && stat.st_mode & 0o077 == 0).then_some(dir)
+        let stat = rustix::fs::fstat(&file).ok()?;
+        let owner = match self.owner {
+            Owner::User => rustix::process::geteuid().as_raw(),
+            Owner::Site => 0,
+        };
+        (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stat.st_uid == owner
+            && stat.st_mode & 0o022 == 0)
+            .then_some(file)
     }
+}
+
+/// The site store's directory, opened level by level from `/` without
+/// following a symlink, each level checked on its descriptor: a directory
+/// that root owns and that neither its group nor others can write. So no
+/// one but root can have put or swapped anything on the way (`/tmp`, which
+/// anyone can write, can never hold a site store).
+fn open_site_dir(path: &Path) -> Result<OwnedFd, StoreProblem> {
+    use std::path::Component as Level;
+    let at =
+        |level: &Path, why: String| StoreProblem::Unsafe(format!("{}: {why}", level.display()));
+    if !path.is_absolute() {
+        return Err(at(path, "the site store must be an absolute path".into()));
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut walked = PathBuf::from("/");
+    let mut dir =
+        rustix::fs::open("/", flags, Mode::empty()).map_err(|e| at(&walked, e.to_string()))?;
+    let check = |dir: &OwnedFd, level: &Path| -> Result<(), StoreProblem> {
+        let stat = rustix::fs::fstat(dir).map_err(|e| at(level, e.to_string()))?;
+        if stat.st_uid != 0 {
+            return Err(at(level, format!("owned by uid {}, not root", stat.st_uid)));
+        }
+        if stat.st_mode & 0o022 != 0 {
+            return Err(at(
+                level,
+                format!(
+                    "writable by its group or others (mode {:o})",
+                    stat.st_mode & 0o7777
+                ),
+            ));
+        }
+        Ok(())
+    };
+    check(&dir, &walked)?;
+    for level in path.components() {
+        let name = match level {
+            Level::RootDir | Level::CurDir => continue,
+            Level::Normal(name) => name,
+            Level::ParentDir | Level::Prefix(_) => {
+                return Err(at(
+                    path,
+                    "the site store's path may not contain `..`".into(),
+                ));
+            }
+        };
+        walked.push(name);
+        dir = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => StoreProblem::Missing(walked.clone()),
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                at(&walked, "is a symlink or not a directory".into())
+            }
+            e => at(&walked, e.to_string()),
+        })?;
+        check(&dir, &walked)?;
+    }
+    Ok(dir)
+}
+
+/// The sidecar that binds a site artifact to its name.
+fn id_name(name: &str) -> String {
+    format!("{name}.id")
+}
+
+/// [`file_identity`] of an open file.
+fn stat_identity(stat: &rustix::fs::Stat) -> String {
+    format!(
+        "{} {} {} {}.{} {}.{}",
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime,
+        stat.st_mtime_nsec,
+        stat.st_ctime,
+        stat.st_ctime_nsec
+    )
 }
 
 /// The memo file for the wasm at `path`: named by a hash of the path.
@@ -253,24 +473,6 @@ fn file_identity(file: &fs::Metadata) -> String {
         file.ctime(),
         file.ctime_nsec()
     )
-}
-
-/// `name` in `dir`, opened without following a symlink and checked on the
-/// descriptor: a regular file, this user's, that no one else can write.
-fn open_trusted(dir: &OwnedFd, name: &str) -> Option<OwnedFd> {
-    let file = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .ok()?;
-    let stat = rustix::fs::fstat(&file).ok()?;
-    let me = rustix::process::geteuid().as_raw();
-    (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-        && stat.st_uid == me
-        && stat.st_mode & 0o022 == 0)
-        .then_some(file)
 }
 
 /// A held compile lock (see [`CompileCache::lock`]); released on drop.

@@ -31,6 +31,13 @@ pub enum PolicyError {
     /// A plugin failed while deciding (and its policy is fail-closed).
     #[error(transparent)]
     PluginFailed(#[from] PluginFailure),
+
+    /// `sifr site prepare` could not fill the site store.
+    #[error("cannot prepare the site store {}: {reason}", store.display())]
+    SiteStore {
+        store: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Why a plugin did not load.

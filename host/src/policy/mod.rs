@@ -33,8 +33,10 @@ use serde::Serialize;
 use crate::reference::{DOCKER_HUB, ImageRef, ManifestDigest, SifDigest};
 
 pub use capability::{DigestLookup, LookupOutcome};
-pub use chain::{Outcome, Policy, PolicyEngine, PolicyOptions, Resolution, Step, StepOutcome};
-pub use compile_cache::CompileCache;
+pub use chain::{
+    Outcome, Policy, PolicyEngine, PolicyOptions, PreparedPlugin, Resolution, Step, StepOutcome,
+};
+pub use compile_cache::{CompileCache, StoreProblem};
 pub use error::{FailureKind, PluginFailure, PluginLoadError, PolicyError};
 pub use plugin::{ArtifactOrigin, LoadedPlugin, builtin_names};
 pub use sandbox::{LogLevel, LogLine};

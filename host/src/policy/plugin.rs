@@ -10,7 +10,7 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::capability::{DigestAccess, DigestLookup, Excused};
-use super::compile_cache::CompileCache;
+use super::compile_cache::{CompileCache, StoreProblem};
 use super::error::{FailureKind, PluginFailure, PluginLoadError};
 use super::sandbox::{
     Deadline, HostState, LogLine, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES,
@@ -64,6 +64,27 @@ pub enum ArtifactOrigin {
     Compiled,
     /// Loaded from the compiled-plugin cache.
     CacheHit,
+    /// A site-locked plugin, loaded from the site store that `sifr site
+    /// prepare` filled.
+    SiteStore,
+}
+
+/// The hit a load from `cache` is.
+fn hit(cache: &CompileCache) -> ArtifactOrigin {
+    if cache.is_site() {
+        ArtifactOrigin::SiteStore
+    } else {
+        ArtifactOrigin::CacheHit
+    }
+}
+
+/// Where site-locked plugins' native code comes from: the site store,
+/// read, or written by `sifr site prepare`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SiteArtifacts<'a> {
+    pub store: &'a CompileCache,
+    /// Compile and configure into the store (as root), not only read it.
+    pub prepare: bool,
 }
 
 /// A plugin, compiled, type-checked and configured: ready to decide.
@@ -83,6 +104,9 @@ pub struct LoadedPlugin {
     pub artifact: ArtifactOrigin,
     /// The file its native code was loaded from, or saved to.
     artifact_file: Option<PathBuf>,
+    /// Why a site-locked plugin was compiled now rather than loaded from
+    /// the site store.
+    site_store_miss: Option<String>,
     /// The limits its calls run under: the site's for a site-locked plugin.
     pub limits: SandboxLimits,
     settings_json: String,
@@ -134,13 +158,20 @@ impl LoadedPlugin {
         limits: SandboxLimits,
         sandbox: &Arc<Sandbox>,
         cache: Option<&CompileCache>,
+        site: Option<SiteArtifacts<'_>>,
         registry: Option<&Arc<RegistryClient>>,
     ) -> Result<Self, PluginLoadError> {
         let name = spec.name.clone();
-        // A site-locked plugin is always compiled from its (pinned) wasm:
-        // the compiled-plugin cache is the user's to write, and the site's
-        // policy must not rest on anything the user can write.
-        let cache = cache.filter(|_| !spec.locked);
+        // A site-locked plugin is never loaded from the compiled-plugin
+        // cache: it is the user's to write, and the site's policy must not
+        // rest on anything the user can write. It comes from the site
+        // store, which only root can write, or is compiled from its
+        // (pinned) wasm now. Only `sifr site prepare` writes the store.
+        let (cache, read_only) = if spec.locked {
+            (site.map(|s| s.store), site.is_some_and(|s| !s.prepare))
+        } else {
+            (cache, false)
+        };
         // The wasm's bytes, read when something needs them: with a warm
         // cache nothing does (its digest is remembered; see `wasm_digest`).
         let (mut wasm, sha256, source): (Option<Cow<'static, [u8]>>, WasmDigest, String) =
@@ -173,7 +204,7 @@ impl LoadedPlugin {
                             let sha256 = WasmDigest::of(&bytes);
                             // Only when the file is unchanged since its
                             // metadata was read.
-                            if let Some(c) = cache
+                            if let Some(c) = cache.filter(|_| !read_only)
                                 && std::fs::metadata(path).is_ok_and(|now| {
                                     now.ctime() == meta.ctime()
                                         && now.ctime_nsec() == meta.ctime_nsec()
@@ -197,18 +228,7 @@ impl LoadedPlugin {
                 actual: sha256.to_string(),
             });
         }
-        let short = short_sha(sha256.as_hex());
         let settings_json = spec.settings.to_string();
-        let over_limits = |what: String| PluginLoadError::Failed {
-            plugin: name.clone(),
-            sha256: short.clone(),
-            failure: Box::new(PluginFailure {
-                plugin: name.clone(),
-                sha256: short.clone(),
-                function: "instantiate",
-                kind: FailureKind::ResourceLimit(what),
-            }),
-        };
         let mut plugin = Self {
             name: name.clone(),
             source,
@@ -220,6 +240,7 @@ impl LoadedPlugin {
             capabilities: spec.capabilities.clone(),
             artifact: ArtifactOrigin::Compiled,
             artifact_file: None,
+            site_store_miss: None,
             limits,
             settings_json,
             configured: false,
@@ -255,13 +276,19 @@ impl LoadedPlugin {
                     return Ok(false);
                 };
                 plugin.adopt(component, true)?;
-                plugin.artifact = ArtifactOrigin::CacheHit;
+                plugin.artifact = hit(cache);
                 plugin.artifact_file = Some(cache.dir().join(&configured_name));
                 plugin.configure_logs = logs;
                 Ok(true)
             };
             if cached(&mut plugin)? {
                 return Ok(plugin);
+            }
+            if read_only {
+                // The site store, not prepared for this plugin as it is
+                // configured (or prepared for it not snapshottable): its
+                // plain artifact, else compiled now, below.
+                return plugin.finish_load(spec, sandbox, Some(cache), true, wasm);
             }
             // One process configures and compiles; the others wait for it.
             let _lock = cache.lock(&configured_name);
@@ -298,18 +325,53 @@ impl LoadedPlugin {
                 Once::NotNow => {}
             }
         }
+        plugin.finish_load(spec, sandbox, cache, false, wasm)
+    }
+
+    /// Compile the plugin (or load its plain artifact from `cache`), then
+    /// configure it once to check its settings. `read_only`: `cache` is
+    /// the site store, which only `sifr site prepare` writes.
+    fn finish_load(
+        mut self,
+        spec: &PluginSpec,
+        sandbox: &Sandbox,
+        cache: Option<&CompileCache>,
+        read_only: bool,
+        mut wasm: Option<Cow<'static, [u8]>>,
+    ) -> Result<Self, PluginLoadError> {
+        let plugin = &mut self;
         let wasm = read_once(&mut wasm, spec, &plugin.sha256)?;
-        let (component, artifact, artifact_file) =
-            compile(sandbox, cache, wasm, plugin.sha256.as_hex()).map_err(|error| match error {
-                CompileError::Invalid(reason) => PluginLoadError::Compile {
-                    plugin: name.clone(),
-                    sha256: short.clone(),
-                    reason,
-                },
-                CompileError::OverLimits(what) => over_limits(what),
-            })?;
+        let compiled = compile(sandbox, cache, read_only, wasm, plugin.sha256.as_hex());
+        let (component, artifact, artifact_file) = compiled.map_err(|error| match error {
+            CompileError::Invalid(reason) => PluginLoadError::Compile {
+                plugin: plugin.name.clone(),
+                sha256: plugin.short_sha(),
+                reason,
+            },
+            CompileError::OverLimits(what) => plugin.over_limits(what),
+        })?;
         plugin.artifact = artifact;
         plugin.artifact_file = artifact_file;
+        if read_only && artifact == ArtifactOrigin::Compiled {
+            plugin.site_store_miss = Some(match cache.map(CompileCache::check_site) {
+                Some(Err(StoreProblem::Missing(_))) => format!(
+                    "there is no site store at {}",
+                    cache
+                        .map(|c| c.dir().display().to_string())
+                        .unwrap_or_default()
+                ),
+                Some(Err(problem)) => {
+                    format!("the site store is not safe to load from ({problem})")
+                }
+                _ => format!(
+                    "the site store {} has no artifact for it as configured now (its wasm, \
+                     its settings, this sifr build and memory budget)",
+                    cache
+                        .map(|c| c.dir().display().to_string())
+                        .unwrap_or_default()
+                ),
+            });
+        }
         plugin.adopt(component, false)?;
         // Validate the settings now, so that a bad config fails at load time
         // with the plugin's own message rather than on the first image.
@@ -317,7 +379,28 @@ impl LoadedPlugin {
         report
             .result
             .map_err(|failure| plugin.load_error(failure, spec))?;
-        Ok(plugin)
+        Ok(self)
+    }
+
+    /// The load error for a component over the sandbox's limits.
+    fn over_limits(&self, what: String) -> PluginLoadError {
+        PluginLoadError::Failed {
+            plugin: self.name.clone(),
+            sha256: self.short_sha(),
+            failure: Box::new(PluginFailure {
+                plugin: self.name.clone(),
+                sha256: self.short_sha(),
+                function: "instantiate",
+                kind: FailureKind::ResourceLimit(what),
+            }),
+        }
+    }
+
+    /// Why this site-locked plugin was compiled now rather than loaded
+    /// from the site store (`sifr site prepare` fills it); `None` when it
+    /// was loaded from there, or is not site-locked.
+    pub fn site_store_miss(&self) -> Option<&str> {
+        self.site_store_miss.as_deref()
     }
 
     /// Type-check `component` against its contract and make it the one
@@ -629,6 +712,7 @@ enum CompileError {
 fn compile(
     sandbox: &Sandbox,
     cache: Option<&CompileCache>,
+    read_only: bool,
     wasm: &[u8],
     sha256: &str,
 ) -> Result<(Component, ArtifactOrigin, Option<PathBuf>), CompileError> {
@@ -636,26 +720,23 @@ fn compile(
     // Nothing compiles this component again: keep none of its functions.
     let _functions = ClearOnDrop(sandbox.functions.clone());
     let name = cache.map(|c| (c, c.artifact_name(engine, sha256)));
+    let cache_hit = |cache: &CompileCache, name: &str, component| {
+        Ok((component, hit(cache), Some(cache.dir().join(name))))
+    };
     if let Some((cache, name)) = &name
         && let Some(component) = cache.load(engine, name)
     {
-        return Ok((
-            component,
-            ArtifactOrigin::CacheHit,
-            Some(cache.dir().join(name)),
-        ));
+        return cache_hit(cache, name, component);
     }
+    // The site store is only read here: compile in memory.
+    let name = name.filter(|_| !read_only);
     // One process compiles; the others wait for it, then load its artifact.
     let _lock = name.as_ref().and_then(|(cache, name)| cache.lock(name));
     if let Some((cache, name)) = &name
         && _lock.is_some()
         && let Some(component) = cache.load(engine, name)
     {
-        return Ok((
-            component,
-            ArtifactOrigin::CacheHit,
-            Some(cache.dir().join(name)),
-        ));
+        return cache_hit(cache, name, component);
     }
     if wasm.starts_with(b"\0asm\x01\0\0\0") {
         return Err(CompileError::Invalid(
