@@ -514,3 +514,146 @@ fn a_component_over_the_table_limits_never_reaches_the_store() {
         "the same limit as for a plugin compiled now: {err}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The CLI, as users and admins meet it.
+
+/// `sifr ARGS` on a node whose `/etc/sifr/config.toml` is `site`: `/etc` is
+/// overlaid in a private mount namespace (its upper layer on a tmpfs there),
+/// so the site file is read from its real, fixed path and nothing on the
+/// host changes.
+fn sifr_on_node(site: &Site, config: &Path, args: &[&str]) -> std::process::Output {
+    let mount = site.scratch.path().join("etc-layer");
+    std::fs::create_dir_all(&mount).unwrap();
+    let cmd = site.scratch.command();
+    let program = cmd.get_program().to_owned();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned)))
+        .collect();
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
+        .args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .arg(
+            "t=$0; site=$1; shift\n\
+             mount -t tmpfs tmpfs \"$t\"\n\
+             mkdir -p \"$t/upper/sifr\" \"$t/work\"\n\
+             cp \"$site\" \"$t/upper/sifr/config.toml\"\n\
+             mount -t overlay overlay -o \"lowerdir=/etc,upperdir=$t/upper,workdir=$t/work\" /etc\n\
+             exec \"$@\"",
+        )
+        .arg(&mount)
+        .arg(config)
+        .arg(program)
+        .args(args);
+    for (key, value) in envs {
+        match value {
+            Some(value) => unshare.env(key, value),
+            None => unshare.env_remove(key),
+        };
+    }
+    unshare.output().expect("running unshare (util-linux)")
+}
+
+#[test]
+#[cfg_attr(
+    not(sifr_e2e),
+    ignore = "needs root, unshare(1) and overlayfs for a private /etc: run with SIFR_E2E=1"
+)]
+fn the_cli_warns_once_until_the_admin_prepares_then_loads_from_the_store() {
+    let Some(site) = Site::new() else { return };
+    let config = site.config(&format!("[sandbox]\ntimeout-ms = 10000\n{}", rules(true)));
+    let out = |args: &[&str]| {
+        let out = sifr_on_node(&site, &config, args);
+        (
+            out.status.code(),
+            common::stdout(&out),
+            common::stderr(&out),
+        )
+    };
+
+    // Not prepared: it works, slowly, and one line says what to do.
+    let (code, stdout, stderr) = out(&["resolve", "ubuntu:22.04"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "docker://ubuntu:22.04\n");
+    assert_eq!(stderr.lines().count(), 1, "one warning line: {stderr}");
+    assert!(
+        stderr.starts_with("sifr: warning: site-locked plugin 'rules' compiled in this process")
+            && stderr.contains("there is no site store at")
+            && stderr.contains("`sudo sifr site prepare`"),
+        "{stderr}"
+    );
+    let (_, stdout, _) = out(&["plugin", "ls"]);
+    assert!(
+        stdout
+            .contains("   code:     compiled now, not from the site store: there is no site store"),
+        "{stdout}"
+    );
+
+    // The admin prepares, from the site file at its real path.
+    let (code, stdout, stderr) = out(&["site", "prepare"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("compiled: 'rules' ("), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "1 site-locked plugin ready in {}: users' processes load it from there\n",
+            site.store().display()
+        )),
+        "{stdout}"
+    );
+
+    // From then on: the store, no warning, the same decisions.
+    let (code, stdout, stderr) = out(&["resolve", "ubuntu:22.04"]);
+    assert_eq!(
+        (code, stdout.as_str(), stderr.as_str()),
+        (Some(0), "docker://ubuntu:22.04\n", "")
+    );
+    let (code, _, stderr) = out(&["resolve", "ubuntu"]);
+    assert_eq!(code, Some(4), "{stderr}");
+    let (_, stdout, _) = out(&["plugin", "ls"]);
+    assert!(
+        stdout.contains("   code:     from the site store ("),
+        "{stdout}"
+    );
+    let (_, stdout, _) = out(&["plugin", "ls", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["plugins"][0]["artifact"], "site-store");
+    assert_eq!(
+        json["plugins"][0]["site-store-miss"],
+        serde_json::Value::Null
+    );
+
+    // A user's config that names another store is refused, naming the rule.
+    let user = site
+        .scratch
+        .write("mine.toml", "[site]\nstore = \"/home/me/store\"\n");
+    let (code, _, stderr) = out(&["--config", user.to_str().unwrap(), "plugin", "ls"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("[site] is only honoured in the site config"),
+        "{stderr}"
+    );
+
+    // Prepare as a user is refused, and says why.
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let staged = open.path().join("site.toml");
+    std::fs::copy(&config, &staged).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut as_nobody = std::process::Command::new("setpriv");
+    as_nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_sifr"))
+        .args(["site", "prepare", "--site-config"])
+        .arg(&staged)
+        .env("HOME", open.path())
+        .env("XDG_CACHE_HOME", open.path().join("cache"));
+    let out = as_nobody.output().expect("running setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("only root may write it")
+            && common::stderr(&out).contains("sudo sifr site prepare"),
+        "{}",
+        common::stderr(&out)
+    );
+}
