@@ -94,7 +94,7 @@ fn limits_of(config: &Config, spec: &PluginSpec) -> SandboxLimits {
 #[serde(rename_all = "kebab-case")]
 pub struct PreparedPlugin {
     pub name: String,
-    /// `sha256:` and the wasm's full digest.
+    /// The wasm's sha256, 64 lowercase hex digits.
     pub sha256: String,
     /// The artifact users' processes load.
     pub artifact: Option<std::path::PathBuf>,

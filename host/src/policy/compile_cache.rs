@@ -188,10 +188,14 @@ impl CompileCache {
         if std::io::Read::read_to_string(&mut fs::File::from(sidecar), &mut text).is_err() {
             return false;
         }
-        let Ok(stat) = rustix::fs::fstat(file) else {
+        let Ok(meta) = file
+            .try_clone()
+            .map(fs::File::from)
+            .and_then(|f| f.metadata())
+        else {
             return false;
         };
-        text == format!("{name} {}\n", stat_identity(&stat))
+        text == format!("{name} {}\n", file_identity(&meta))
     }
 
     /// The small file `name` beside the artifacts (a snapshot's log lines),
@@ -256,8 +260,8 @@ impl CompileCache {
         let file = self.store_file(&bytes, name)?;
         if self.owner == Owner::Site {
             // Bind the artifact to its name as it now is (see `bound`).
-            let stat = rustix::fs::fstat(&file)?;
-            let text = format!("{name} {}\n", stat_identity(&stat));
+            let meta = fs::File::from(file).metadata()?;
+            let text = format!("{name} {}\n", file_identity(&meta));
             self.store_bytes(text.as_bytes(), &id_name(name))?;
         }
         Ok(())
@@ -438,20 +442,6 @@ fn open_site_dir(path: &Path) -> Result<OwnedFd, StoreProblem> {
 /// The sidecar that binds a site artifact to its name.
 fn id_name(name: &str) -> String {
     format!("{name}.id")
-}
-
-/// [`file_identity`] of an open file.
-fn stat_identity(stat: &rustix::fs::Stat) -> String {
-    format!(
-        "{} {} {} {}.{} {}.{}",
-        stat.st_dev,
-        stat.st_ino,
-        stat.st_size,
-        stat.st_mtime,
-        stat.st_mtime_nsec,
-        stat.st_ctime,
-        stat.st_ctime_nsec
-    )
 }
 
 /// The memo file for the wasm at `path`: named by a hash of the path.
