@@ -54,15 +54,163 @@ impl Scratch {
             .expect("running sifr")
     }
 
-    /// The `sifr` binary with this scratch's XDG folders and cache.
+    /// The `sifr` binary with this scratch's XDG folders and cache, and
+    /// nothing of the caller's environment that could change its answer
+    /// ([`sifr_command`]).
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
-        cmd.env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("XDG_CACHE_HOME", self.path().join("cache"))
-            .env("SIFR_CACHE_DIR", self.path().join("cache/sifr"))
-            .env_remove("SIFR_CONFIG");
+        let mut cmd = sifr_command(self.path());
+        cmd.env("SIFR_CACHE_DIR", self.path().join("cache/sifr"));
         cmd
     }
+}
+
+/// Whether a variable of the caller's environment can change what sifr, or
+/// the apptainer it starts, does: sifr's own (`SIFR_LOCKED`, `SIFR_FROZEN`,
+/// `SIFR_PULL_TIMEOUT`, ...), apptainer's and singularity's (a test run
+/// inside a container has `APPTAINER_CONTAINER`), the double's, where
+/// credentials and configs are found, and proxies (a proxy on the machine
+/// would take the tests' requests to 127.0.0.1).
+pub fn leaks_into_sifr(name: &str) -> bool {
+    const PREFIXES: &[&str] = &["SIFR_", "APPTAINER", "SINGULARITY", "XDG_"];
+    const NAMES: &[&str] = &[
+        "DOCKER_CONFIG",
+        "REGISTRY_AUTH_FILE",
+        "CONTAINERS_REGISTRIES_CONF",
+        "CONTAINERS_CONF",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The `sifr` binary, hermetic: every variable [`leaks_into_sifr`] names
+/// is removed, and `HOME` and the XDG folders point under `home`, so what
+/// the machine's or the caller's environment holds (a `SIFR_LOCKED` in a
+/// CI's environment, a `~/.docker/config.json`, a group-writable `TMPDIR`
+/// that sends the cache to the per-user fallback) cannot change a test's
+/// answer. A test sets what it means to set on the returned command.
+pub fn sifr_command(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_none_or(leaks_into_sifr) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("HOME", home.join("home"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_RUNTIME_DIR", home.join("run"));
+    cmd
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as the guard
+/// lives: a socket bound to it that never listens, so a connection gets a
+/// reset at once and no other process can take the port meanwhile. For a
+/// mirror or registry a test means to be down (a fixed port such as 9, or
+/// a port found free and then let go, may be some other test's server).
+pub struct RefusedPort {
+    _socket: rustix::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        use rustix::net::{AddressFamily, SocketAddrAny, SocketType, bind, getsockname, socket};
+        let socket = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        bind(&socket, &std::net::SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr: SocketAddrAny = getsockname(&socket).unwrap();
+        let port = std::net::SocketAddr::try_from(addr).unwrap().port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A `docker-registry` serving on a port the kernel chose: `http.addr` is
+/// `127.0.0.1:0`, and the port is read from the registry's own "listening
+/// on" line, so no port is found free, let go, and raced for. `config` is
+/// the YAML of everything but `http.addr` and `log.level` (it must not
+/// have a `log:` or `http:` section of its own; `http_extra` is appended
+/// under `http:`, indented, e.g. a `tls:` section). stdout and stderr go
+/// to `log`. The child is returned with its port; the caller kills it.
+pub fn start_registry(
+    dir: &Path,
+    config: &str,
+    http_extra: &str,
+    log: &Path,
+) -> (std::process::Child, u16) {
+    let config_path = dir.join("registry-config.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+             {config}http:
+  addr: 127.0.0.1:0
+{http_extra}"
+        ),
+    )
+    .unwrap();
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry)");
+    let mut port = None;
+    let started = std::time::Instant::now();
+    while port.is_none() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text.lines().find_map(|line| {
+            let rest = line.split("listening on 127.0.0.1:").nth(1)?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        });
+        if port.is_none() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("docker-registry exited ({status}) before listening:\n{text}");
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("docker-registry did not listen within 30 s:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    (child, port.unwrap())
+}
+
+/// Skip (return `false`, with a line saying why) or, under `SIFR_E2E=1`,
+/// fail when the test is not run as root: the tests that need root (an
+/// overlay mount, other users, the Slurm cluster) say so themselves,
+/// rather than fail on a bind or chown deep inside.
+pub fn require_root(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        !std::env::var("SIFR_E2E").is_ok_and(|v| v == "1"),
+        "{what} needs root, and SIFR_E2E=1 asks that nothing is skipped: run the suite as root"
+    );
+    eprintln!("skipped: {what} needs root");
+    false
 }
 
 pub fn stdout(output: &Output) -> String {
