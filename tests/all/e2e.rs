@@ -14,11 +14,10 @@
 use crate::common;
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     Lines, TouchOnDrop, apptainer_double, pulls, sandbox_config, stderr, stdout, wait_until,
@@ -155,17 +154,8 @@ pub(crate) fn fixtures() -> &'static Fixtures {
     })
 }
 
-/// A free port on 127.0.0.1.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `docker-registry` on 127.0.0.1, stopped when dropped (even when the
-/// test fails).
+/// A `docker-registry` on 127.0.0.1, on a port the kernel chose, stopped
+/// when dropped (even when the test fails).
 pub(crate) struct Registry {
     child: Option<Child>,
     pub(crate) port: u16,
@@ -177,7 +167,6 @@ impl Registry {
     pub(crate) fn start(tls: bool) -> Self {
         let fx = fixtures();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let tls_config = if tls {
             format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
@@ -188,37 +177,21 @@ impl Registry {
             String::new()
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n{tls_config}",
+            "storage:\n  filesystem:\n    rootdirectory: {}\n",
             dir.path().join("data").display()
         );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let registry = Self {
+        let (child, port) = crate::common::start_registry(
+            dir.path(),
+            &config,
+            &tls_config,
+            &dir.path().join("registry.log"),
+        );
+        Self {
             child: Some(child),
             port,
             dir,
             tls,
-        };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the registry did not start:\n{}",
-                registry.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        registry
     }
 
     pub(crate) fn host(&self) -> String {
@@ -309,9 +282,8 @@ impl Sifr {
     }
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+        let mut cmd = crate::common::sifr_command(self.dir.path());
         cmd.args(args)
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
             .env("SIFR_CACHE_DIR", self.cache())
             .env("SIFR_APPTAINER", apptainer_double())
             .env("APPTAINER_DOUBLE_BACKEND", "real")
@@ -415,9 +387,9 @@ fn a_configured_mirror_serves_the_pull() {
 fn a_mirror_that_is_down_falls_back_to_the_origin() {
     let origin = Registry::start(true);
     origin.push("1", "e2e/busybox", "1");
-    let mut mirror = Registry::start(false);
+    // A mirror that refuses connections, on a port no other test can take.
+    let mirror = crate::common::RefusedPort::new();
     let mirror_host = mirror.host();
-    mirror.stop();
     let sifr = Sifr::new();
     let config = sifr.config(&mirror_config(&origin, &mirror_host));
     let image = format!("{}/e2e/busybox:1", origin.host());

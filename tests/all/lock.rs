@@ -6,11 +6,13 @@
 //! is refused, or lacks the image, before anything is pulled.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sifr::lock::LockFile;
 
-use crate::common::{apptainer_double, pulls, sandbox_config, stderr, stdout};
+use crate::common::{
+    RefusedPort, apptainer_double, pulls, sandbox_config, sifr_command, stderr, stdout,
+};
 use crate::e2e::{Registry, Sifr, fixtures, mirror_config};
 
 /// `sifr` in the scratch directory of `sifr` (where `sifr.lock` is
@@ -30,6 +32,16 @@ fn lock_file(sifr: &Sifr) -> PathBuf {
 
 fn arch() -> &'static str {
     sifr::policy::host_arch()
+}
+
+/// [`mirror_config`] for an origin that is not a running registry (a
+/// [`RefusedPort`]'s host).
+fn mirror_config_for(origin: &str, mirror: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"site-mirror\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+         registries = [\"{origin}\"]\n[[plugin.settings.mirrors]]\nregistry = \"{mirror}\"\nplain-http = true\n\
+         [[plugin]]\nname = \"default\"\nbuiltin = \"default\"\n"
+    )
 }
 
 #[test]
@@ -183,8 +195,11 @@ fn frozen_refuses_a_changed_chain_and_json_has_the_documented_keys() {
     assert_eq!(entry["manifest-digest"], digest);
     assert_eq!(entry["policy"][0]["name"], "default");
 
-    // Another chain: --frozen refuses, before anything is pulled.
-    let config = sifr.config(&mirror_config(&origin, "127.0.0.1:9"));
+    // Another chain: --frozen refuses, before anything is pulled. The
+    // mirror is down (refused for the whole test; a fixed port such as 9
+    // may be some service's, or another test's server).
+    let down = RefusedPort::new();
+    let config = sifr.config(&mirror_config(&origin, &down.host()));
     let config = config.to_str().unwrap();
     let lock = lock_file(&sifr);
     let lock = lock.to_str().unwrap();
@@ -252,13 +267,14 @@ fn frozen_refuses_a_changed_chain_and_json_has_the_documented_keys() {
     ignore = "end-to-end: install docker-registry skopeo umoci squashfs-tools siftool bubblewrap busybox-static, or set SIFR_E2E=1"
 )]
 fn the_digest_is_resolved_at_the_origin_or_the_first_reachable_source() {
-    // The origin is down: the plain-HTTP mirror of the plan answers.
-    let mut origin = Registry::start(true);
-    origin.stop();
+    // The origin is down: the plain-HTTP mirror of the plan answers. Down
+    // for the whole test: a port that refuses, not one a stopped registry
+    // let go (another test's server may be given it).
+    let origin = RefusedPort::new();
     let mirror = Registry::start(false);
     mirror.push("1", "e2e/busybox", "1");
     let sifr = Sifr::new();
-    let config = sifr.config(&mirror_config(&origin, &mirror.host()));
+    let config = sifr.config(&mirror_config_for(&origin.host(), &mirror.host()));
     let image = format!("{}/e2e/busybox:1", origin.host());
     let out = tls(
         &sifr,
@@ -341,13 +357,14 @@ fn a_policy_that_pins_the_tag_decides_the_locked_digest_and_check_asks_again() {
     );
 }
 
-/// sifr with a scratch cache, no config of the user's, and the apptainer
-/// double (which logs any pull), run in `dir`: no registry needed.
+/// sifr with a scratch cache, no config or environment of the user's
+/// ([`sifr_command`]: no `SIFR_LOCKED` or `SIFR_FROZEN` of the caller's),
+/// and the apptainer double (which logs any pull), run in `dir`: no
+/// registry needed.
 fn offline(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sifr"))
+    sifr_command(dir)
         .args(args)
         .current_dir(dir)
-        .env("XDG_CONFIG_HOME", dir.join("xdg"))
         .env("SIFR_CACHE_DIR", dir.join("cache"))
         .env("SIFR_APPTAINER", apptainer_double())
         .env("APPTAINER_DOUBLE_LOG", dir.join("apptainer.log"))

@@ -25,6 +25,10 @@ use sifr::{
 
 const GRANT: &str = "capabilities = [\"resolve-digest\"]";
 
+/// A plugin deadline for the tests that are not about deadlines: the
+/// policy's 100 ms default is timing luck on a loaded machine.
+const GENEROUS: &str = "timeout-ms = 10000";
+
 /// A registry that serves one manifest for every tag, after `delay`.
 fn registry(delay: Duration) -> (Server, String) {
     let body = manifest("pins");
@@ -110,7 +114,14 @@ fn answers(resolution: &sifr::Resolution) -> Vec<String> {
 fn a_plugin_without_the_grant_gets_an_error_and_no_request_is_made() {
     let (server, _) = registry(Duration::ZERO);
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, "resolve", "", "", "", Duration::from_secs(5));
+    let policy = hostile(
+        &scratch,
+        "resolve",
+        "",
+        "",
+        GENEROUS,
+        Duration::from_secs(5),
+    );
     let (image, plan) = image_on(&server);
     let resolution = policy.resolve_from(&image, &ctx(), plan);
     let answers = answers(&resolution);
@@ -132,7 +143,14 @@ fn a_plugin_without_the_grant_gets_an_error_and_no_request_is_made() {
 fn a_granted_plugin_gets_the_registry_s_digest_and_the_host_records_it() {
     let (server, digest) = registry(Duration::ZERO);
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, "resolve", GRANT, "", "", Duration::from_secs(5));
+    let policy = hostile(
+        &scratch,
+        "resolve",
+        GRANT,
+        "",
+        GENEROUS,
+        Duration::from_secs(5),
+    );
     let (image, plan) = image_on(&server);
     let resolution = policy.resolve_from(&image, &ctx(), plan);
     assert_eq!(answers(&resolution), [format!("ok {digest}")]);
@@ -157,7 +175,14 @@ fn a_granted_plugin_gets_the_registry_s_digest_and_the_host_records_it() {
 fn https_is_used_unless_the_plan_marks_the_registry_plain_http() {
     let (server, _) = registry(Duration::ZERO);
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, "resolve", GRANT, "", "", Duration::from_secs(5));
+    let policy = hostile(
+        &scratch,
+        "resolve",
+        GRANT,
+        "",
+        GENEROUS,
+        Duration::from_secs(5),
+    );
     let (image, _) = image_on(&server);
     // The origin alone, as the chain starts: HTTPS, which this plain
     // server cannot speak. The look-up fails; nothing is downgraded.
@@ -185,7 +210,7 @@ fn only_the_image_s_registry_or_the_plan_s_are_asked() {
         "resolve",
         GRANT,
         &settings,
-        "",
+        GENEROUS,
         Duration::from_secs(5),
     );
     let (image, plan) = image_on(&server);
@@ -207,7 +232,7 @@ fn configure_cannot_look_up_digests() {
         "configure-resolve",
         GRANT,
         "",
-        "",
+        GENEROUS,
         Duration::from_secs(5),
     );
     let image = ImageRef::parse("ubuntu:22.04").unwrap();
@@ -229,7 +254,7 @@ fn more_than_sixteen_look_ups_a_decision_are_refused() {
         "resolve",
         GRANT,
         "times = 40",
-        "timeout-ms = 10000",
+        GENEROUS,
         Duration::from_secs(5),
     );
     let (image, plan) = image_on(&server);
@@ -251,9 +276,11 @@ fn more_than_sixteen_look_ups_a_decision_are_refused() {
 
 #[test]
 fn the_registry_s_time_is_not_the_plugin_s() {
-    // The registry takes 4x the plugin's deadline; the plugin then waits
-    // in WASI (the timer's path) and runs code (the epoch's path).
-    let (server, digest) = registry(Duration::from_millis(800));
+    // The registry takes longer than the plugin's whole deadline; the
+    // plugin then waits in WASI (the timer's path) and runs code (the
+    // epoch's path). The deadline leaves the plugin's own work (two 20 ms
+    // naps) room on a loaded machine.
+    let (server, digest) = registry(Duration::from_millis(1500));
     let scratch = Scratch::new();
     // `nap-resolve-nap` looks up while the host's timer is already armed
     // (it blocked in WASI first), so the timer must be pushed back too.
@@ -263,7 +290,7 @@ fn the_registry_s_time_is_not_the_plugin_s() {
             mode,
             GRANT,
             "millis = 20",
-            "timeout-ms = 200",
+            "timeout-ms = 1000",
             Duration::from_secs(10),
         );
         let (image, plan) = image_on(&server);
@@ -319,7 +346,7 @@ fn a_registry_slower_than_its_own_timeout_is_the_look_up_s_error() {
         "resolve",
         GRANT,
         "",
-        "timeout-ms = 200",
+        GENEROUS,
         Duration::from_millis(500),
     );
     let (image, plan) = image_on(&server);
@@ -334,7 +361,7 @@ fn a_registry_slower_than_its_own_timeout_is_the_look_up_s_error() {
 /// The `tags` plugin with `pin = "resolve"`, and `grant` in its entry.
 fn pinning(scratch: &Scratch, grant: bool, rules: &str) -> Policy {
     let toml = format!(
-        "[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{}\n[plugin.settings]\npin = \"resolve\"\n{rules}\n",
+        "[sandbox]\n{GENEROUS}\n[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{}\n[plugin.settings]\npin = \"resolve\"\n{rules}\n",
         if grant { GRANT } else { "" }
     );
     let config = Config::load(&ConfigSources::only(scratch.write("config.toml", &toml))).unwrap();
@@ -346,10 +373,10 @@ fn pin_resolve_pulls_every_source_by_the_digest_the_first_answering_source_gave(
     // The origin is down; the mirror answers. Both sources then pull the
     // mirror's digest.
     let (mirror, digest) = registry(Duration::ZERO);
-    let down = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Refused for the whole test: a port found free and let go could be
+    // another test's server by the time it is asked.
+    let refused = common::RefusedPort::new();
+    let down = refused.port;
     let scratch = Scratch::new();
     let policy = pinning(&scratch, true, "");
     let image = ImageRef::parse(&format!("127.0.0.1:{down}/team/app:v1")).unwrap();
@@ -390,10 +417,8 @@ fn pin_resolve_pulls_every_source_by_the_digest_the_first_answering_source_gave(
 
 #[test]
 fn pin_resolve_refuses_an_image_no_source_can_pin() {
-    let down = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let refused = common::RefusedPort::new();
+    let down = refused.port;
     let scratch = Scratch::new();
     let image = ImageRef::parse(&format!("127.0.0.1:{down}/team/app:v1")).unwrap();
     for grant in [true, false] {
@@ -416,16 +441,16 @@ fn pin_resolve_refuses_an_image_no_source_can_pin() {
 fn a_refusal_after_many_failed_sources_still_fits_a_denial() {
     // Twenty mirrors that are all down: each error is long, and the
     // denial must still be one the host accepts (at most 2048 bytes).
-    let down = || {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Each refused for the whole test, none some other test's server.
+    let refused: Vec<common::RefusedPort> = (0..21).map(|_| common::RefusedPort::new()).collect();
     let scratch = Scratch::new();
     let policy = pinning(&scratch, true, "");
-    let image = ImageRef::parse(&format!("127.0.0.1:{}/team/app:v1", down())).unwrap();
-    let mut plan: Vec<Source> = (0..20)
-        .map(|i| Source {
-            registry: format!("127.0.0.1:{}", down()),
+    let image = ImageRef::parse(&format!("{}/team/app:v1", refused[20].host())).unwrap();
+    let mut plan: Vec<Source> = refused[..20]
+        .iter()
+        .enumerate()
+        .map(|(i, down)| Source {
+            registry: down.host(),
             repository: format!("mirror{i}/team/app"),
             reference: PullRef::Tag("v1".to_string()),
             plain_http: true,
@@ -594,9 +619,10 @@ fn a_pin_resolve_chain_pulls_by_the_digest_the_tag_names_now() {
     ignore = "end-to-end: install docker-registry skopeo umoci squashfs-tools siftool bubblewrap busybox-static, or set SIFR_E2E=1"
 )]
 fn with_the_origin_down_the_mirror_s_digest_is_pulled_from_the_mirror() {
-    let mut origin = e2e::Registry::start(true);
+    // The origin is down for the whole test: a port that refuses, not one
+    // a stopped registry let go (another test's server may take that).
+    let origin = common::RefusedPort::new();
     let origin_host = origin.host();
-    origin.stop();
     let mirror = e2e::Registry::start(false);
     mirror.push("1", "e2e/busybox", "1");
     let digest = mirror.digest("e2e/busybox", "1");
@@ -625,7 +651,14 @@ fn with_the_origin_down_the_mirror_s_digest_is_pulled_from_the_mirror() {
 fn step_json_carries_the_look_ups() {
     let (server, digest) = registry(Duration::ZERO);
     let scratch = Scratch::new();
-    let policy = hostile(&scratch, "resolve", GRANT, "", "", Duration::from_secs(5));
+    let policy = hostile(
+        &scratch,
+        "resolve",
+        GRANT,
+        "",
+        GENEROUS,
+        Duration::from_secs(5),
+    );
     let (image, plan) = image_on(&server);
     let resolution = policy.resolve_from(&image, &ctx(), plan);
     let json = serde_json::to_value(&resolution.steps[0]).unwrap();
@@ -645,7 +678,9 @@ fn plugin_ls_shows_grants_and_plugin_check_can_grant() {
     let scratch = Scratch::new();
     let config = scratch.write(
         "config.toml",
-        &format!("[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{GRANT}\n"),
+        &format!(
+            "[sandbox]\n{GENEROUS}\n[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{GRANT}\n"
+        ),
     );
     let config = config.to_str().unwrap();
     let out = scratch.sifr(&["--config", config, "plugin", "ls", "--json"]);
@@ -665,16 +700,16 @@ fn plugin_ls_shows_grants_and_plugin_check_can_grant() {
 
     // The offline harness: the same plugin, with and without the grant. A
     // registry that is down answers neither; only the grant makes sifr try.
-    let down = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let refused = common::RefusedPort::new();
+    let down = refused.port;
     let settings = scratch.write("settings.toml", "mode = \"resolve\"\n");
     let wasm = plugin_wasm("hostile");
     let image = format!("127.0.0.1:{down}/team/app:v1");
     let check = |grant: &[&str]| {
         let mut args = vec!["plugin", "check", wasm.to_str().unwrap()];
         args.extend_from_slice(&["--settings", settings.to_str().unwrap()]);
+        // Not a test of the deadline (its default is 100 ms).
+        args.extend_from_slice(&["--timeout-ms", "10000"]);
         args.extend_from_slice(grant);
         args.push(&image);
         let out = scratch.sifr(&args);
@@ -713,7 +748,7 @@ fn what_a_plugin_asks_for_is_escaped_before_anyone_sees_it() {
         "resolve",
         GRANT,
         settings,
-        "",
+        GENEROUS,
         Duration::from_secs(5),
     );
     let (image, plan) = image_on(&server);

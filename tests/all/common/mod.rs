@@ -96,6 +96,13 @@ pub fn leaks_into_sifr(name: &str) -> bool {
 /// answer. A test sets what it means to set on the returned command.
 pub fn sifr_command(home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+    hermetic(&mut cmd, home);
+    cmd
+}
+
+/// What [`sifr_command`] does to its environment, for a command that runs
+/// sifr underneath (`unshare ... sifr`, a shell, a workflow engine).
+pub fn hermetic<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_none_or(leaks_into_sifr) {
             cmd.env_remove(&name);
@@ -104,8 +111,7 @@ pub fn sifr_command(home: &Path) -> Command {
     cmd.env("HOME", home.join("home"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("XDG_RUNTIME_DIR", home.join("run"));
-    cmd
+        .env("XDG_RUNTIME_DIR", home.join("run"))
 }
 
 /// A port on 127.0.0.1 that refuses connections for as long as the guard
@@ -120,8 +126,17 @@ pub struct RefusedPort {
 
 impl RefusedPort {
     pub fn new() -> Self {
-        use rustix::net::{AddressFamily, SocketAddrAny, SocketType, bind, getsockname, socket};
-        let socket = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        use rustix::net::{
+            AddressFamily, SocketAddrAny, SocketFlags, SocketType, bind, getsockname, socket_with,
+        };
+        // CLOEXEC: a child sifr or registry must not inherit the socket.
+        let socket = socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
         bind(&socket, &std::net::SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let addr: SocketAddrAny = getsockname(&socket).unwrap();
         let port = std::net::SocketAddr::try_from(addr).unwrap().port();
@@ -159,14 +174,23 @@ log:
   level: info
   accesslog:
     disabled: false
-             {config}http:
+{config}http:
   addr: 127.0.0.1:0
 {http_extra}"
         ),
     )
     .unwrap();
     let file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new("docker-registry")
+    let mut registry = Command::new("docker-registry");
+    // docker-registry reads any REGISTRY_<SECTION>_<KEY> variable as a
+    // config override (a caller's REGISTRY_AUTH_FILE, podman's, stops it
+    // from starting): the file above is its whole config.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_none_or(|n| n.starts_with("REGISTRY_")) {
+            registry.env_remove(&name);
+        }
+    }
+    let mut child = registry
         .arg("serve")
         .arg(&config_path)
         .stdout(file.try_clone().unwrap())
@@ -211,6 +235,24 @@ pub fn require_root(what: &str) -> bool {
     );
     eprintln!("skipped: {what} needs root");
     false
+}
+
+/// The one record in a cache's `index` (its `.json` file), whatever else
+/// the index holds (locks, files being written) and in whatever order the
+/// filesystem lists them.
+pub fn the_record(index: &Path) -> PathBuf {
+    let records: Vec<PathBuf> = std::fs::read_dir(index)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "one record in {}: {records:?}",
+        index.display()
+    );
+    records.into_iter().next().unwrap()
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -11,7 +11,8 @@ mod test_support;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -66,23 +67,22 @@ struct Registry {
 }
 
 impl Registry {
+    /// On a port the kernel chose: `http.addr` is `127.0.0.1:0`, and the
+    /// port is read from the registry's own "listening on" line, so no port
+    /// is found free, let go, and raced for.
     fn start(scratch: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let config = scratch.join("registry.yml");
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
                 scratch.join("registry").display()
             ),
         )
         .unwrap();
-        let log = fs::File::create(scratch.join("registry.log")).unwrap();
+        let log_path = scratch.join("registry.log");
+        let log = fs::File::create(&log_path).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -90,19 +90,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let registry = Self {
+        let mut registry = Self {
             child,
-            host: format!("127.0.0.1:{port}"),
+            host: String::new(),
         };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "docker-registry did not start: {}",
-                fs::read_to_string(scratch.join("registry.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let port = registry.wait_for_port(&log_path);
+        registry.host = format!("127.0.0.1:{port}");
 
         let layout = busybox_layout(&mkdir(scratch.join("image")), "1");
         run_ok(
@@ -119,6 +112,32 @@ impl Registry {
         registry
     }
 
+    /// Wait for the "listening on 127.0.0.1:PORT" line in the log, and give
+    /// the port; fail, with the log, if the registry exits first or has not
+    /// listened after 30 s.
+    fn wait_for_port(&mut self, log: &Path) -> u16 {
+        let started = Instant::now();
+        loop {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let port = text.lines().find_map(|line| {
+                let rest = line.split("listening on 127.0.0.1:").nth(1)?;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                return port;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("docker-registry exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "docker-registry did not listen within 30 s:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn uri(&self, tag: &str) -> String {
         format!("docker://{}/{REPOSITORY}:{tag}", self.host)
     }
@@ -131,30 +150,91 @@ impl Drop for Registry {
     }
 }
 
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// a socket bound to it that never listens, so a connection is refused at
+/// once and no other process can take the port meanwhile (a fixed port
+/// such as 1 may be some service's, and a port found free and let go may
+/// be another test's server). A `TcpListener` would not do: it listens, and
+/// the kernel completes connections into its backlog. std cannot bind
+/// without listening, hence libc.
+struct RefusedPort {
+    _socket: OwnedFd,
+    port: u16,
+}
+
+impl RefusedPort {
+    fn new() -> Self {
+        let os_error = std::io::Error::last_os_error;
+        // SAFETY: a socket this function creates and owns at once, and a
+        // `sockaddr_in` of the size given for it.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", os_error());
+            let socket = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let sockaddr = (&raw mut addr).cast::<libc::sockaddr>();
+            assert_eq!(libc::bind(fd, sockaddr, len), 0, "bind: {}", os_error());
+            assert_eq!(
+                libc::getsockname(fd, sockaddr, &mut len),
+                0,
+                "getsockname: {}",
+                os_error()
+            );
+            Self {
+                _socket: socket,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+}
+
 /// Create the directory `path`, and hand the path back.
 fn mkdir(path: PathBuf) -> PathBuf {
     fs::create_dir_all(&path).unwrap();
     path
 }
 
+/// The double, with nothing of the caller's environment that could change
+/// what it or skopeo does: apptainer's, singularity's and the double's own
+/// variables (`APPTAINER_DOUBLE_HOLD`, `APPTAINER_DOUBLE_FAIL`, ...), where
+/// registry credentials and configs are found, and proxies. A test sets
+/// what it means to set on the returned command.
+fn hermetic_double() -> Command {
+    const NAMES: &[&str] = &[
+        "DOCKER_CONFIG",
+        "REGISTRY_AUTH_FILE",
+        "CONTAINERS_REGISTRIES_CONF",
+        "CONTAINERS_CONF",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+    ];
+    let mut command = Command::new(DOUBLE);
+    for (name, _) in std::env::vars_os() {
+        let leaks = name.to_str().is_none_or(|name| {
+            name.starts_with("APPTAINER")
+                || name.starts_with("SINGULARITY")
+                || NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        });
+        if leaks {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
 /// The double with the real backend, its scratch directories in `tmp`.
 fn double(tmp: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(DOUBLE);
+    let mut command = hermetic_double();
     command
         .args(args)
         .env("APPTAINER_DOUBLE_BACKEND", "real")
         .env("APPTAINER_DOUBLE_TMPDIR", tmp)
         .stdin(Stdio::null());
-    for fake_only in [
-        "APPTAINER_DOUBLE_FAIL",
-        "APPTAINER_DOUBLE_SLEEP_MS",
-        "APPTAINER_DOUBLE_DIE",
-        "APPTAINER_DOUBLE_STDERR_LINES",
-        "APPTAINER_DOUBLE_SIZE",
-        "APPTAINER_DOUBLE_REQUIRE_ENV",
-    ] {
-        command.env_remove(fake_only);
-    }
     command
 }
 
@@ -217,6 +297,7 @@ fn pulls_a_real_sif_from_a_registry() {
 
     // Failures are apptainer's FATAL, exit 255, and leave no file behind.
     let missing = images.join("missing.sif").display().to_string();
+    let refused = RefusedPort::new();
     for (uri, options, expected) in [
         (
             registry.uri("nope"),
@@ -229,7 +310,7 @@ fn pulls_a_real_sif_from_a_registry() {
             "server gave HTTP response to HTTPS client",
         ),
         (
-            "docker://127.0.0.1:1/test/busybox:1".to_owned(),
+            format!("docker://127.0.0.1:{}/test/busybox:1", refused.port),
             &["--no-https"],
             "connection refused",
         ),
@@ -360,9 +441,8 @@ fn runs_commands_in_the_image() {
 
     // A fake backend's SIF is no SIF to siftool.
     let fake = scratch.path().join("fake.sif").display().to_string();
-    let out = Command::new(DOUBLE)
+    let out = hermetic_double()
         .args(["pull", &fake, "docker://example.test/a:1"])
-        .env_remove("APPTAINER_DOUBLE_BACKEND")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
