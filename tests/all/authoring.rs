@@ -50,6 +50,10 @@ fn the_rust_template_builds_alone_and_passes_plugin_check() {
         wasm.to_str().unwrap(),
         "--settings",
         settings.to_str().unwrap(),
+        // The deadline is not what this is about; a loaded machine can miss
+        // the 100 ms default.
+        "--timeout-ms",
+        "10000",
         "ncbi/blast:2.14.0",
         "quay.io/biocontainers/blast:2.15.0",
     ]);

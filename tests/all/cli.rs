@@ -243,14 +243,12 @@ fn sifr_config_is_a_layer_of_its_own() {
 
     // `sifr plugin ls --json` with $SIFR_CONFIG and --config as given.
     let ls = |sifr_config: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+        let mut cmd = common::sifr_command(scratch.path());
         if let Some(flag) = flag {
             cmd.arg("--config").arg(flag);
         }
         cmd.args(["plugin", "ls", "--json"])
-            .env("XDG_CONFIG_HOME", scratch.path().join("config"))
-            .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
-            .env_remove("SIFR_CONFIG");
+            .env("SIFR_CACHE_DIR", scratch.path().join("cache"));
         if let Some(file) = sifr_config {
             cmd.env("SIFR_CONFIG", file);
         }
@@ -327,10 +325,9 @@ fn sifr_config_is_a_layer_of_its_own() {
         (&missing, "missing.toml".to_string()),
         (&bad, "bad-env.toml:3:1".to_string()),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+        let out = common::sifr_command(scratch.path())
             .args(["resolve", "ubuntu"])
             .env("SIFR_CONFIG", file)
-            .env("XDG_CONFIG_HOME", scratch.path().join("config"))
             .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
             .output()
             .unwrap();
@@ -495,17 +492,14 @@ fn sifr_with_site_file(scratch: &Scratch, site: &str, args: &[&str]) -> std::pro
         upper.display(),
         scratch.path().join("etc-work").display()
     );
-    std::process::Command::new("unshare")
+    common::hermetic(&mut std::process::Command::new("unshare"), scratch.path())
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg("mount -t overlay overlay -o \"$0\" /etc && shift && exec \"$@\"")
         .arg(overlay)
         .arg("-")
         .arg(env!("CARGO_BIN_EXE_sifr"))
         .args(args)
-        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
-        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
         .env("SIFR_CACHE_DIR", scratch.path().join("cache/sifr"))
-        .env_remove("SIFR_CONFIG")
         .output()
         .expect("running unshare (util-linux)")
 }
@@ -684,8 +678,10 @@ fn man_pages_cover_every_subcommand_and_groff_reads_them() {
     // groff-base is on every Debian system with man-db; CI installs it.
     if groff.is_ok_and(|o| o.status.success()) || cfg!(sifr_e2e) {
         for page in &listed {
+            // One locale everywhere: preconv (-k) reads the page by it.
             let out = std::process::Command::new("groff")
                 .args(["-k", "-man", "-ww", "-z", page])
+                .env("LC_ALL", "C.UTF-8")
                 .output()
                 .unwrap();
             assert!(
@@ -699,13 +695,10 @@ fn man_pages_cover_every_subcommand_and_groff_reads_them() {
 
 /// `sifr ARGS` with the apptainer test double and this scratch's cache.
 fn sifr_with_double(scratch: &Scratch, args: &[&str], vars: &[(&str, &str)]) -> String {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+    let mut cmd = common::sifr_command(scratch.path());
     cmd.args(args)
-        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
-        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
         .env("SIFR_CACHE_DIR", scratch.path().join("cache/sifr"))
-        .env("SIFR_APPTAINER", common::apptainer_double())
-        .env_remove("SIFR_CONFIG");
+        .env("SIFR_APPTAINER", common::apptainer_double());
     for (k, v) in vars {
         cmd.env(k, v);
     }

@@ -233,14 +233,11 @@ fn of_many_processes_starting_together_on_a_cold_cache_one_compiles() {
     let wasm = plugin_wasm("default");
     let children: Vec<_> = (0..6)
         .map(|_| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
-                .args(["plugin", "check", "--json"])
+            scratch
+                .command()
+                .args(["plugin", "check", "--json", "--timeout-ms", "10000"])
                 .arg(&wasm)
                 .arg("ubuntu:22.04")
-                .env("XDG_CONFIG_HOME", scratch.path().join("config"))
-                .env("XDG_CACHE_HOME", scratch.path().join("cache"))
-                .env("SIFR_CACHE_DIR", scratch.path().join("cache/sifr"))
-                .env_remove("SIFR_CONFIG")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

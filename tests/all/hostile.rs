@@ -655,11 +655,9 @@ fn site_locked_plugins_keep_the_site_limits() {
 )]
 fn sifr_with_rusage(scratch: &Scratch, args: &[&str]) -> (std::process::ExitStatus, i64) {
     use std::os::unix::process::ExitStatusExt;
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+    let child = crate::common::sifr_command(scratch.path())
         .args(args)
-        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
         .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
-        .env_remove("SIFR_CONFIG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -710,11 +708,9 @@ fn peak_memory_stays_bounded_while_a_plugin_attacks() {
 /// login and batch nodes.
 fn sifr_under_address_limit(scratch: &Scratch, bytes: u64, args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"));
+    let mut cmd = crate::common::sifr_command(scratch.path());
     cmd.args(args)
-        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
-        .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
-        .env_remove("SIFR_CONFIG");
+        .env("SIFR_CACHE_DIR", scratch.path().join("cache"));
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(move || {
@@ -866,7 +862,7 @@ fn wasi_gives_a_plugin_nothing_of_the_host() {
         ),
     );
     let canary = format!("canary-{}", std::process::id());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sifr"))
+    let out = crate::common::sifr_command(scratch.path())
         .args([
             "--config",
             config.to_str().unwrap(),
@@ -876,9 +872,7 @@ fn wasi_gives_a_plugin_nothing_of_the_host() {
         ])
         .current_dir(scratch.path())
         .env("SIFR_CACHE_DIR", scratch.path().join("cache"))
-        .env("XDG_CONFIG_HOME", scratch.path().join("config"))
         .env("SIFR_TEST_CANARY", &canary)
-        .env_remove("SIFR_CONFIG")
         .stdin(std::process::Stdio::piped())
         .output()
         .unwrap();

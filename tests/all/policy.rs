@@ -189,11 +189,7 @@ fn compiled_plugins_are_cached_and_the_second_load_does_not_compile() {
     );
 
     // A damaged artifact is thrown away and compiled afresh, not trusted.
-    let artifact = std::fs::read_dir(cache.dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
-        .expect("an artifact was written");
+    let artifact = artifact_of(&cache, &second.plugins()[0]);
     // (Replaced by rename, as any careful writer does: the loaded policies
     // above still map the old file.)
     let damaged = artifact.with_extension("tmp");

@@ -84,16 +84,14 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+        let mut cmd = common::sifr_command(self.dir.path());
         cmd.args(args)
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
             .env("SIFR_CACHE_DIR", self.cache())
             .env("SIFR_APPTAINER", apptainer_double())
             .env("APPTAINER_DOUBLE_LOG", &self.log)
             .env("APPTAINER_DOUBLE_RAN", &self.ran)
-            .env("SIFR_CONFIG", sandbox_config())
-            .env_remove("SIFR_PULL_TIMEOUT");
+            .env("SIFR_CONFIG", sandbox_config());
         cmd
     }
 
@@ -147,8 +145,8 @@ fn a_record_with_a_group_write_bit_is_not_trusted() {
     let blob = env.pull();
     let first = nonce_of(&blob);
     let index = env.cache().join("index");
-    let record = std::fs::read_dir(&index).unwrap().next().unwrap().unwrap();
-    chmod(&record.path(), 0o664);
+    let record = common::the_record(&index);
+    chmod(&record, 0o664);
 
     let out = env.sifr(&["run", IMAGE]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -164,7 +162,7 @@ fn a_record_with_a_group_write_bit_is_not_trusted() {
         stderr(&out)
     );
     // The pull wrote a record that is its own and writable by it alone.
-    let mode = std::fs::metadata(record.path()).unwrap().mode() & 0o777;
+    let mode = std::fs::metadata(&record).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o644, "{mode:o}");
 }
 
@@ -229,9 +227,9 @@ fn a_run_through_a_private_link_leaves_the_record_matching_its_blob() {
     // Making and removing the link changed the blob's ctime; the record
     // follows, so the next hit does not re-hash the whole file.
     let index = env.cache().join("index");
-    let record = std::fs::read_dir(&index).unwrap().next().unwrap().unwrap();
+    let record = common::the_record(&index);
     let entry: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     let meta = std::fs::metadata(&blob).unwrap();
     let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
     assert_eq!(
@@ -482,11 +480,7 @@ impl TwoUsers {
 
         // The record: user A's, pointing at B's file, its stamp B's file's.
         let index = self.cache().join("index");
-        let record = std::fs::read_dir(&index)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .expect("a record of IMAGE to replace");
+        let record = common::the_record(&index);
         let mut entry: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
         let meta = std::fs::metadata(&blob).unwrap();

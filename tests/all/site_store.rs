@@ -641,13 +641,11 @@ fn the_cli_warns_once_until_the_admin_prepares_then_loads_from_the_store() {
     std::fs::copy(&config, &staged).unwrap();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut as_nobody = std::process::Command::new("setpriv");
-    as_nobody
+    common::hermetic(&mut as_nobody, open.path())
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_sifr"))
         .args(["site", "prepare", "--site-config"])
-        .arg(&staged)
-        .env("HOME", open.path())
-        .env("XDG_CACHE_HOME", open.path().join("cache"));
+        .arg(&staged);
     let out = as_nobody.output().expect("running setpriv (util-linux)");
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
     assert!(
