@@ -23,6 +23,54 @@ use common::{apptainer_double, double_log, output_within, pulls, stderr, stdout}
 /// The double's `--version` line (its default version).
 const DOUBLE_VERSION: &str = "apptainer version 1.4.1\n";
 
+/// Whether a variable of the caller's environment can change what the
+/// programs these tests run (Snakemake, Slurm's commands and daemons, a
+/// shell) do, beyond what reaches sifr ([`common::leaks_into_sifr`]):
+/// Slurm's own (`SLURM_CONF`, `SBATCH_PARTITION`, `SQUEUE_FORMAT`, a
+/// `SLURM_JOB_ID` when the suite itself runs in a job), Snakemake's
+/// (`SNAKEMAKE_PROFILE`), and what Python and bash read at start-up.
+fn leaks_into_engines(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "SLURM_",
+        "SBATCH_",
+        "SALLOC_",
+        "SRUN_",
+        "SQUEUE_",
+        "SINFO_",
+        "SACCT_",
+        "SCONTROL_",
+        "SCANCEL_",
+        "SNAKEMAKE_",
+    ];
+    const NAMES: &[&str] = &[
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "CDPATH",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
+/// Remove from `cmd` every variable of the caller's environment that
+/// [`common::leaks_into_sifr`] or [`leaks_into_engines`] names, for a
+/// command that runs sifr, or runs what runs it (the front, bash,
+/// Snakemake, sbatch), or is part of the test's cluster. The test sets
+/// what it means to set afterwards.
+fn hermetic(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_none_or(|n| common::leaks_into_sifr(n) || leaks_into_engines(n))
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 /// A scratch machine: a front directory made by `sifr front install`, a
 /// "real" apptainer (the test double) further down PATH, a cache and a
 /// config of its own.
@@ -45,7 +93,15 @@ impl Machine {
         let real = dir.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(apptainer_double(), real.join("apptainer")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
+        std::fs::create_dir(dir.path().join("home")).unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("run"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let out = common::sifr_command(dir.path())
             .args(["front", "install"])
             .arg(&front)
             .output()
@@ -83,15 +139,21 @@ impl Machine {
         std::env::join_paths(dirs).unwrap()
     }
 
+    /// The machine's environment, and nothing of the caller's that could
+    /// change what sifr, the double or an engine does ([`hermetic`]: no
+    /// `SIFR_LOCKED`, `APPTAINER_CACHEDIR` or `XDG_CACHE_HOME` of whoever
+    /// runs the tests): a home, XDG folders, a cache and a config of its
+    /// own.
     fn env(&self, cmd: &mut Command) {
-        cmd.env("PATH", self.path_var())
+        hermetic(cmd)
+            .env("PATH", self.path_var())
+            .env("HOME", self.path().join("home"))
+            .env("XDG_CONFIG_HOME", self.path().join("xdg"))
+            .env("XDG_CACHE_HOME", self.path().join("xdg-cache"))
+            .env("XDG_RUNTIME_DIR", self.path().join("run"))
             .env("SIFR_CACHE_DIR", self.cache())
             .env("SIFR_CONFIG", &self.config)
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
-            .env("APPTAINER_DOUBLE_LOG", &self.log)
-            .env_remove("SIFR_APPTAINER")
-            .env_remove("SIFR_FRONT_REAL")
-            .env_remove("APPTAINER_CONTAINER");
+            .env("APPTAINER_DOUBLE_LOG", &self.log);
     }
 
     /// `apptainer ARGS` as a user (or an engine) types it: the front.
@@ -111,18 +173,20 @@ impl Machine {
     }
 
     fn sifr(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sifr"));
+        let mut cmd = common::sifr_command(self.dir.path());
         cmd.args(args).current_dir(self.dir.path());
         self.env(&mut cmd);
         cmd
     }
 
-    /// The SIF files in the cache.
+    /// The SIF files in the cache, sorted (not in `read_dir`'s order).
     fn blobs(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.cache().join("blobs/sha256")) {
+        let mut blobs: Vec<PathBuf> = match std::fs::read_dir(self.cache().join("blobs/sha256")) {
             Ok(dir) => dir.map(|e| e.unwrap().path()).collect(),
             Err(_) => Vec::new(),
-        }
+        };
+        blobs.sort();
+        blobs
     }
 }
 
@@ -254,13 +318,13 @@ fn a_signal_reaches_a_taken_over_action_and_the_front_dies_of_it() {
         "apptainer (the double, become sleep) to run under the front",
         Duration::from_secs(60),
         || {
-            std::fs::read_to_string(format!("/proc/{front}/task/{front}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next().map(str::to_string))
-                .is_some_and(|pid| {
+            // Any of the front's children, not the first listed.
+            std::fs::read_to_string(format!("/proc/{front}/task/{front}/children")).is_ok_and(|c| {
+                c.split_whitespace().any(|pid| {
                     std::fs::read_to_string(format!("/proc/{pid}/comm"))
                         .is_ok_and(|c| c.trim() == "sleep")
                 })
+            })
         },
     );
     let pid = rustix::process::Pid::from_raw(front as i32).unwrap();
@@ -518,7 +582,9 @@ fn nextflow_s_command_lines() {
     assert_eq!(stdout(&out).trim(), task.display().to_string());
 }
 
-/// Run a shell line instead of the program (engines go through a shell).
+/// Run a shell line instead of the program (engines go through a shell),
+/// with the program's environment, and none of the caller's start-up
+/// files (`BASH_ENV`, [`leaks_into_engines`]).
 trait Bash {
     fn through_bash(&mut self, line: &str) -> &mut Command;
 }
@@ -526,7 +592,7 @@ trait Bash {
 impl Bash for Command {
     fn through_bash(&mut self, line: &str) -> &mut Command {
         let mut bash = Command::new("bash");
-        bash.arg("-c").arg(line);
+        hermetic(&mut bash).arg("-c").arg(line);
         if let Some(dir) = self.get_current_dir() {
             bash.current_dir(dir);
         }
@@ -774,10 +840,15 @@ fn the_front_refuses_to_recurse() {
     )
     .unwrap();
     std::fs::set_permissions(&execs_front, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // With the machine's generous plugin deadline: the default 100 ms is
+    // not what this tests.
     let config = m.path().join("wrapped.toml");
     std::fs::write(
         &config,
-        format!("[apptainer]\npath = \"{}\"\n", execs_front.display()),
+        format!(
+            "[sandbox]\ntimeout-ms = 10000\n[apptainer]\npath = \"{}\"\n",
+            execs_front.display()
+        ),
     )
     .unwrap();
     let out = run(m.apptainer(&["--version"]).env("SIFR_CONFIG", &config));
@@ -893,6 +964,7 @@ impl Fixtures {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir(p.join("certs")).unwrap();
+        std::fs::create_dir(p.join("home")).unwrap();
         ok(Command::new("openssl")
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -953,7 +1025,8 @@ impl Fixtures {
     }
 }
 
-/// A `docker-registry` on 127.0.0.1, stopped when dropped.
+/// A `docker-registry` on 127.0.0.1, on a port the kernel chose
+/// ([`common::start_registry`]), stopped when dropped.
 struct Registry {
     child: std::process::Child,
     port: u16,
@@ -964,11 +1037,10 @@ struct Registry {
 impl Registry {
     fn start(fx: &Fixtures, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let config = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n",
+            dir.path().join("data").display()
+        );
         let tls_config = if tls {
             format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
@@ -978,26 +1050,12 @@ impl Registry {
         } else {
             String::new()
         };
-        let config = dir.path().join("config.yml");
-        std::fs::write(
+        let (child, port) = common::start_registry(
+            dir.path(),
             &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{tls_config}",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        common::wait_until("the registry to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+            &tls_config,
+            &dir.path().join("registry.log"),
+        );
         Self {
             child,
             port,
@@ -1011,8 +1069,12 @@ impl Registry {
     }
 
     fn push(&self, fx: &Fixtures, repository: &str) {
+        // No credentials, registries.conf or proxy of the caller's: a home
+        // of the fixtures' own.
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--insecure-policy", "--quiet"]);
+        hermetic(&mut cmd)
+            .env("HOME", fx.dir.path().join("home"))
+            .args(["copy", "--insecure-policy", "--quiet"]);
         if self.tls {
             cmd.arg("--dest-cert-dir").arg(fx.certs());
         } else {
@@ -1103,9 +1165,10 @@ fn run_snakemake_with(m: &Machine, workdir: &Path, args: &[&str]) -> Output {
     m.env(&mut cmd);
     let mut path = vec![m.front.clone(), m.real.clone(), venv_bin];
     path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
+    // The slurm executor's sbatch and squeue read the test cluster's
+    // config (where there is one).
     cmd.env("PATH", std::env::join_paths(path).unwrap())
-        .env("HOME", m.path().join("home"))
-        .env("XDG_CACHE_HOME", m.path().join("xdg-cache"));
+        .env("SLURM_CONF", SLURM_CONF);
     output_within(&mut cmd, Duration::from_secs(600))
 }
 
@@ -1122,7 +1185,6 @@ fn snakemake_pulls_through_the_front_once_for_two_workflows() {
     origin.push(&fx, "e2e/busybox:1");
     origin.push(&fx, "e2e/busybox:latest");
     let m = real_machine(&fx, &mirror_config(&origin, &mirror));
-    std::fs::create_dir(m.path().join("home")).unwrap();
     let image = format!("{}/e2e/busybox:1", origin.host());
 
     for (n, workflow) in ["one", "two"].iter().enumerate() {
@@ -1145,7 +1207,7 @@ fn snakemake_pulls_through_the_front_once_for_two_workflows() {
             "1\nbusybox for engines\n"
         );
         // Snakemake's own copy, from sifr's cache.
-        let simg: Vec<_> = std::fs::read_dir(dir.join(".snakemake/singularity"))
+        let simg: Vec<PathBuf> = std::fs::read_dir(dir.join(".snakemake/singularity"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "simg"))
@@ -1177,9 +1239,14 @@ fn snakemake_pulls_through_the_front_once_for_two_workflows() {
     .unwrap();
     let out = run_snakemake(&m, &dir);
     assert!(!out.status.success());
-    let logs: String = std::fs::read_dir(dir.join(".snakemake/log"))
+    let mut log_files: Vec<PathBuf> = std::fs::read_dir(dir.join(".snakemake/log"))
         .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    log_files.sort();
+    let logs: String = log_files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
         .collect();
     for text in [&logs, &stderr(&out)] {
         assert!(
@@ -1195,10 +1262,14 @@ fn snakemake_pulls_through_the_front_once_for_two_workflows() {
 
 /// A single-node Slurm cluster: munged, slurmctld and slurmd, started by
 /// the test and stopped (by pid) when dropped, with `/etc/slurm/slurm.conf`
-/// restored or removed.
+/// restored or removed, also when the test fails.
 struct Cluster {
     dir: tempfile::TempDir,
-    daemons: Vec<std::process::Child>,
+    munged: Option<std::process::Child>,
+    /// slurmctld and slurmd, of the current try.
+    slurm: Vec<std::process::Child>,
+    /// The current try's folder: its state, spool and logs.
+    run: PathBuf,
     saved_conf: Option<Vec<u8>>,
     /// Dropped last, once the configuration is restored.
     _one: std::fs::File,
@@ -1206,18 +1277,92 @@ struct Cluster {
 
 const SLURM_CONF: &str = "/etc/slurm/slurm.conf";
 
+/// The test cluster's name: a `slurm.conf` naming it is one a test wrote.
+const CLUSTER_NAME: &str = "sifrfront";
+
+/// The Slurm daemons, in the order they are started.
+const SLURM_DAEMONS: [&str; 2] = ["slurmctld", "slurmd"];
+
+/// How many times the daemons are started on new ports when one was taken.
+const SLURM_TRIES: u32 = 3;
+
 /// One cluster at a time on the machine, across test processes too: they
 /// share `/etc/slurm/slurm.conf`, which each saves and restores. An `flock`
-/// held for the cluster's life (the kernel drops it however a test ends).
+/// on `/etc/slurm` itself, the folder they share (not a file under
+/// `$TMPDIR`, which two runs may see differently), held for the cluster's
+/// life; the kernel drops it however a test ends.
 fn one_cluster_at_a_time() -> std::fs::File {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("sifr-front-tests-slurm.lock"))
-        .unwrap();
+    let dir = Path::new(SLURM_CONF).parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let lock = std::fs::File::open(dir).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     lock
+}
+
+/// `cmd` as a daemon of the test cluster: hermetic, reading the cluster's
+/// config, its output in `out`, and sent SIGTERM should the thread that
+/// started it die without stopping it (a test run killed), so that no
+/// daemon outlives its test.
+fn spawn_daemon(cmd: &mut Command, out: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(out).unwrap();
+    hermetic(cmd)
+        .env("SLURM_CONF", SLURM_CONF)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe, as pre_exec
+    // requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()))
+}
+
+/// SIGTERM to `daemon`, by its pid, then SIGKILL if it has not exited
+/// after 10 s. One already reaped is left alone: its pid may be another
+/// process's by now.
+fn stop(daemon: &mut std::process::Child) {
+    if !matches!(daemon.try_wait(), Ok(None)) {
+        return;
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(daemon.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while matches!(daemon.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// The node's state as `sinfo` reports it (`idle` once it takes jobs).
+fn node_state() -> String {
+    let mut sinfo = Command::new("sinfo");
+    hermetic(&mut sinfo)
+        .env("SLURM_CONF", SLURM_CONF)
+        .args(["-h", "-o", "%t"]);
+    stdout(&output_within(&mut sinfo, Duration::from_secs(60)))
+        .trim()
+        .to_string()
+}
+
+/// Two ports that were free on every address, distinct (both are held at
+/// once), then let go: Slurm takes its ports from slurm.conf, not from the
+/// kernel, so another process may take one before the daemon binds it.
+/// [`Cluster::start_slurm`] sees that, and the cluster is tried again.
+fn two_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let b = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 impl Cluster {
@@ -1233,22 +1378,31 @@ impl Cluster {
         let one = one_cluster_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().to_path_buf();
+        // A config a test run that was killed left behind is not the
+        // machine's: it is removed, not restored.
+        let saved_conf = std::fs::read(SLURM_CONF).ok().filter(|conf| {
+            !String::from_utf8_lossy(conf)
+                .lines()
+                .any(|line| line == format!("ClusterName={CLUSTER_NAME}"))
+        });
+        // From here on, a panic drops the cluster: its daemons are stopped
+        // and the config restored.
         let mut cluster = Self {
             dir,
-            daemons: Vec::new(),
-            saved_conf: std::fs::read(SLURM_CONF).ok(),
+            munged: None,
+            slurm: Vec::new(),
+            run: p.clone(),
+            saved_conf,
             _one: one,
         };
-        for sub in ["munge", "state", "spool", "log"] {
-            std::fs::create_dir(p.join(sub)).unwrap();
-        }
+        std::fs::create_dir(p.join("munge")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p.join("munge"), std::fs::Permissions::from_mode(0o711)).unwrap();
-        ok(Command::new("mungekey")
+        ok(hermetic(&mut Command::new("mungekey"))
             .args(["-c", "-f", "-k"])
             .arg(p.join("munge.key")));
         let socket = p.join("munge/socket");
-        cluster.daemons.push(
+        let munged = cluster.munged.insert(spawn_daemon(
             Command::new("munged")
                 .arg("--foreground")
                 .arg("--key-file")
@@ -1260,73 +1414,128 @@ impl Cluster {
                 .arg("--seed-file")
                 .arg(p.join("munged.seed"))
                 .arg("--log-file")
-                .arg(p.join("log/munged.log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        common::wait_until("munged's socket", Duration::from_secs(30), || {
+                .arg(p.join("munged.log")),
+            &p.join("munged.out"),
+        ));
+        common::wait_until("munged's socket", Duration::from_secs(60), || {
+            if let Some(status) = munged.try_wait().unwrap() {
+                panic!(
+                    "munged exited ({status}):\n{}{}",
+                    std::fs::read_to_string(p.join("munged.out")).unwrap_or_default(),
+                    std::fs::read_to_string(p.join("munged.log")).unwrap_or_default()
+                );
+            }
             socket.exists()
         });
+        for attempt in 1..=SLURM_TRIES {
+            match cluster.start_slurm(attempt) {
+                Ok(()) => return cluster,
+                Err(taken) => {
+                    assert!(
+                        attempt < SLURM_TRIES,
+                        "{taken}, {SLURM_TRIES} times:\n{}",
+                        cluster.logs()
+                    );
+                    eprintln!("{taken}: starting the cluster again on new ports");
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// Start slurmctld and slurmd on new ports and wait until the node is
+    /// idle; `Err` if a daemon exited because its port was taken meanwhile
+    /// (its log says "Address already in use"), once both are stopped.
+    fn start_slurm(&mut self, attempt: u32) -> Result<(), String> {
+        let p = self.dir.path().to_path_buf();
+        let run = p.join(format!("try-{attempt}"));
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir_all(run.join(sub)).unwrap();
+        }
+        self.run = run.clone();
         let host = String::from_utf8(ok(Command::new("hostname").arg("-s")).stdout)
             .unwrap()
             .trim()
             .to_string();
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
+        let (ctld_port, slurmd_port) = two_ports();
         let conf = format!(
-            "ClusterName=sifrfront\nSlurmctldHost={host}(127.0.0.1)\n\
-             SlurmctldPort={}\nSlurmdPort={}\n\
+            "ClusterName={CLUSTER_NAME}\nSlurmctldHost={host}(127.0.0.1)\n\
+             SlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n\
              AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={socket}\n\
              ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
              SlurmUser=root\nSlurmdUser=root\n\
-             StateSaveLocation={p}/state\nSlurmdSpoolDir={p}/spool\n\
-             SlurmctldPidFile={p}/slurmctld.pid\nSlurmdPidFile={p}/slurmd.pid\n\
-             SlurmctldLogFile={p}/log/slurmctld.log\nSlurmdLogFile={p}/log/slurmd.log\n\
+             StateSaveLocation={r}/state\nSlurmdSpoolDir={r}/spool\n\
+             SlurmctldPidFile={r}/slurmctld.pid\nSlurmdPidFile={r}/slurmd.pid\n\
+             SlurmctldLogFile={r}/log/slurmctld.log\nSlurmdLogFile={r}/log/slurmd.log\n\
              AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none\n\
              JobCompType=jobcomp/none\nSchedulerType=sched/backfill\n\
              SchedulerParameters=sched_interval=1\nSelectType=select/cons_tres\n\
              SelectTypeParameters=CR_Core\nReturnToService=2\nMpiDefault=none\n\
              NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4\n",
-            port(),
-            port(),
-            socket = socket.display(),
-            p = p.display()
+            socket = p.join("munge/socket").display(),
+            r = run.display()
         );
         // Snakemake's job step drops SLURM_CONF, so the file must be here.
-        std::fs::create_dir_all("/etc/slurm").unwrap();
         std::fs::write(SLURM_CONF, conf).unwrap();
-        for daemon in ["slurmctld", "slurmd"] {
-            cluster.daemons.push(
-                Command::new(daemon)
-                    .arg("-D")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
+        for daemon in SLURM_DAEMONS {
+            let child = spawn_daemon(
+                Command::new(daemon).arg("-D"),
+                &run.join("log").join(format!("{daemon}.out")),
             );
+            self.slurm.push(child);
         }
-        common::wait_until("the node to be idle", Duration::from_secs(60), || {
-            Command::new("sinfo")
-                .args(["-h", "-o", "%t"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
-        });
-        cluster
+        // Until the node takes jobs, or a daemon exits: a bound on a hang,
+        // not a guess at how long starting takes.
+        let timeout = Duration::from_secs(60);
+        let started = std::time::Instant::now();
+        loop {
+            for (i, daemon) in SLURM_DAEMONS.iter().enumerate() {
+                if let Some(status) = self.slurm[i].try_wait().unwrap() {
+                    let text = self.output_of(daemon);
+                    for child in &mut self.slurm {
+                        stop(child);
+                    }
+                    self.slurm.clear();
+                    if text.contains("Address already in use") {
+                        return Err(format!(
+                            "{daemon} exited ({status}): its port was taken \
+                             (SlurmctldPort={ctld_port}, SlurmdPort={slurmd_port})"
+                        ));
+                    }
+                    panic!("{daemon} exited ({status}) while starting:\n{text}");
+                }
+            }
+            if node_state() == "idle" {
+                return Ok(());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the node was not idle after {timeout:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
-    fn logs(&self) -> String {
-        ["slurmctld.log", "slurmd.log"]
+    /// What a daemon of the current try printed and logged.
+    fn output_of(&self, daemon: &str) -> String {
+        ["out", "log"]
             .iter()
-            .map(|f| {
-                std::fs::read_to_string(self.dir.path().join("log").join(f)).unwrap_or_default()
+            .map(|ext| {
+                std::fs::read_to_string(self.run.join("log").join(format!("{daemon}.{ext}")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// slurmctld's and slurmd's logs, of the current try.
+    fn logs(&self) -> String {
+        SLURM_DAEMONS
+            .iter()
+            .map(|daemon| {
+                std::fs::read_to_string(self.run.join("log").join(format!("{daemon}.log")))
+                    .unwrap_or_default()
             })
             .collect()
     }
@@ -1335,16 +1544,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // slurmd, slurmctld, then munged; each by its own pid.
-        for daemon in self.daemons.iter_mut().rev() {
-            if let Some(pid) = rustix::process::Pid::from_raw(daemon.id() as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while matches!(daemon.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
+        for daemon in self.slurm.iter_mut().rev().chain(self.munged.as_mut()) {
+            stop(daemon);
         }
         match &self.saved_conf {
             Some(conf) => {
@@ -1363,6 +1564,9 @@ impl Drop for Cluster {
     ignore = "Slurm: needs the end-to-end tools and Debian's slurm-wlm and munge (run as root), or SIFR_E2E=1"
 )]
 fn an_sbatch_array_through_the_front_makes_one_pull() {
+    if !common::require_root("a Slurm cluster (slurmctld and slurmd as root, /etc/slurm)") {
+        return;
+    }
     let fx = Fixtures::new();
     let origin = Registry::start(&fx, true);
     origin.push(&fx, "e2e/busybox:1");
@@ -1384,6 +1588,7 @@ fn an_sbatch_array_through_the_front_makes_one_pull() {
         .arg(&script)
         .current_dir(m.path());
     m.env(&mut sbatch);
+    sbatch.env("SLURM_CONF", SLURM_CONF);
     let out = output_within(&mut sbatch, Duration::from_secs(600));
     let outputs: Vec<String> = (1..=8)
         .map(|i| std::fs::read_to_string(out_dir.join(format!("{i}.out"))).unwrap_or_default())
@@ -1420,11 +1625,13 @@ fn an_sbatch_array_through_the_front_makes_one_pull() {
               munge, or SIFR_E2E=1"
 )]
 fn snakemake_s_slurm_executor_runs_its_jobs_through_the_front() {
+    if !common::require_root("a Slurm cluster (slurmctld and slurmd as root, /etc/slurm)") {
+        return;
+    }
     let fx = Fixtures::new();
     let origin = Registry::start(&fx, true);
     origin.push(&fx, "e2e/busybox:1");
     let m = real_machine(&fx, "");
-    std::fs::create_dir(m.path().join("home")).unwrap();
     let cluster = Cluster::start();
     let dir = m.path().join("flow");
     std::fs::create_dir(&dir).unwrap();
