@@ -59,6 +59,14 @@ fn conf(text: &str) -> PathBuf {
     path
 }
 
+/// sifr with none of the caller's SIFR_*, APPTAINER_*, XDG_* or registry
+/// settings, and this file's one cache.
+fn sifr() -> Command {
+    let mut cmd = common::sifr_command(&cache().join("home"));
+    cmd.env("SIFR_CACHE_DIR", cache().join("sifr"));
+    cmd
+}
+
 /// Why `sifr resolve` failed: its exit code and stderr.
 #[derive(Debug)]
 struct Failure {
@@ -69,13 +77,10 @@ struct Failure {
 /// `sifr resolve --json`: the URIs (with ` (http)` for plain HTTP), or how
 /// it failed.
 fn resolve(conf: &Path, image: &str) -> Result<Vec<String>, Failure> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
+    let out = sifr()
         .args(["--config"])
         .arg(config_for(conf))
         .args(["resolve", "--json", image])
-        .env("SIFR_CACHE_DIR", cache().join("sifr"))
-        .env("XDG_CONFIG_HOME", cache().join("xdg"))
-        .env_remove("SIFR_CONFIG")
         .output()
         .unwrap();
     if !out.status.success() {
@@ -235,12 +240,15 @@ location = "cache.example.net/sub"
         ]
     );
     assert_eq!(plan(&c, "example.com/x:1"), ["docker://example.com/x:1"]);
-    // containers/image takes the same port-less reading of a wildcard's
-    // host as it takes of a plain host; sifr's deviation on ports is in
-    // a_host_prefix_never_matches_another_port_except_to_block.
-    assert_eq!(
-        plan(&c, "a.example.com:5000/x:1"),
-        ["docker://a.example.com:5000/x:1"]
+    // A wildcard matches a host with a port, and the port stays after the
+    // rewritten location, as in containers/image: here that gives no valid
+    // reference, so the image is denied, naming the table, where
+    // containers/image fails the pull.
+    let why = denial(&c, "a.example.com:5000/x:1");
+    assert!(
+        why.contains("[[registry]] \"*.example.com\" rewrites this image to \"cache.example.net/sub:5000/x:1\"")
+            && why.contains("not a valid image reference"),
+        "{why}"
     );
 }
 
@@ -686,6 +694,60 @@ insecure = true
     );
 }
 
+/// refMatchingSubdomainPrefix lets a `:port` follow the domain a wildcard
+/// matched, and rewriteReference replaces the host and keeps the port:
+/// containers/image's TestRewriteReferenceSuccess and TestFindRegistry
+/// (find-registry.conf) cases. A location the admin wrote is never skipped
+/// because the image named a port.
+#[test]
+fn a_wildcard_prefix_with_a_location_rewrites_a_host_with_a_port_and_keeps_the_port() {
+    let c = conf(
+        r#"
+[[registry]]
+prefix = "*.sub.example.io"
+location = "example.com"
+[[registry.mirror]]
+location = "mirror.example.net"
+
+[[registry]]
+prefix = "*.internal.registry.net"
+insecure = true
+"#,
+    );
+    assert_plans(
+        &c,
+        [
+            (
+                "another.sub.example.io:5000/library/prefix/image:latest",
+                &[
+                    "docker://mirror.example.net:5000/library/prefix/image:latest",
+                    "docker://example.com:5000/library/prefix/image:latest",
+                ][..],
+            ),
+            (
+                &format!("another.sub.example.io:5000/image@{D}"),
+                &[
+                    &format!("docker://mirror.example.net:5000/image@{D}"),
+                    &format!("docker://example.com:5000/image@{D}"),
+                ],
+            ),
+            (
+                "another.sub.example.io/image:1",
+                &[
+                    "docker://mirror.example.net/image:1",
+                    "docker://example.com/image:1",
+                ],
+            ),
+            // Without a location the reference is kept, port and all, and
+            // the table's flags apply.
+            (
+                "abc.internal.registry.net:5000/foo:bar",
+                &["docker://abc.internal.registry.net:5000/foo:bar (http)"],
+            ),
+        ],
+    );
+}
+
 /// rewriteReference parses what it rewrote with reference.ParseNamed: a
 /// rewrite that is not a canonical reference fails the pull there, and is
 /// denied here, naming the table.
@@ -950,10 +1012,11 @@ fn an_empty_alias_value_means_no_alias() {
 
 // Deliberate deviations from containers/image, each listed in PLUGINS.md.
 
-/// containers/image lets `example.com` (and `*.example.com`) match
+/// containers/image lets a host prefix `example.com` match
 /// `example.com:5000/…`, a different registry, and calls that unintended;
 /// sifr does not, except in a blocked table, so that it never lets through
-/// what containers/image blocks.
+/// what containers/image blocks. (A wildcard does match a host with a port,
+/// as containers/image intends: the next test.)
 #[test]
 fn a_host_prefix_never_matches_another_port_except_to_block() {
     let c = conf(
@@ -962,10 +1025,6 @@ fn a_host_prefix_never_matches_another_port_except_to_block() {
 location = "example.com"
 [[registry.mirror]]
 location = "mirror.example.net"
-
-[[registry]]
-prefix = "*.sub.example.io"
-location = "example.net"
 
 [[registry]]
 location = "untrusted.example.com"
@@ -989,10 +1048,6 @@ blocked = true
                     "docker://mirror.example.net/x:1",
                     "docker://example.com/x:1",
                 ],
-            ),
-            (
-                "another.sub.example.io:5000/image:1",
-                &["docker://another.sub.example.io:5000/image:1"],
             ),
         ],
     );
@@ -1127,6 +1182,40 @@ fn a_location_that_can_never_be_pulled_is_refused_at_load() {
     )]);
 }
 
+/// containers/image's parseLocation takes `john.doe@example.com`, and its
+/// rewrite then fails every pull through the table: in an image reference
+/// `@` starts a digest. sifr refuses it when the file loads, for a table
+/// and for a mirror, and says where a user's credentials go.
+#[test]
+fn a_location_with_a_user_is_refused_because_a_reference_has_no_place_for_one() {
+    assert_refused([
+        (
+            "[[registry]]\nprefix = \"example.org\"\nlocation = \"john.doe@example.com\"\n",
+            &[
+                "[[registry]] #1 (prefix \"example.org\")",
+                "location = \"john.doe@example.com\" is not a registry location",
+                "\"john.doe\"@ is a user",
+                "`@` starts a digest",
+                "write \"example.com\"",
+                "APPTAINER_DOCKER_USERNAME",
+            ][..],
+        ),
+        (
+            "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\nlocation = \"john.doe@mirror.example.net/hub\"\n",
+            &[
+                "[[registry.mirror]] #1",
+                "\"john.doe\"@ is a user",
+                "write \"mirror.example.net\"",
+            ],
+        ),
+    ]);
+    // The host alone loads and rewrites.
+    assert_plans(
+        &conf("[[registry]]\nprefix = \"example.org\"\nlocation = \"example.com\"\n"),
+        [("example.org/x:1", &["docker://example.com/x:1"][..])],
+    );
+}
+
 /// Hosts are compared as hosts: sifr hands the plugin canonical references
 /// (lowercase host, no `:443`), and the file's hosts are read the same way.
 #[test]
@@ -1193,13 +1282,10 @@ fn version_1_files_are_read_as_containers_image_converts_them_with_a_warning() {
             "{image}: {reason}"
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_sifr"))
+    let out = sifr()
         .arg("--config")
         .arg(config_for(&v1))
         .args(["resolve", "quay.io/x:1"])
-        .env("SIFR_CACHE_DIR", cache().join("sifr"))
-        .env("XDG_CONFIG_HOME", cache().join("xdg"))
-        .env_remove("SIFR_CONFIG")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

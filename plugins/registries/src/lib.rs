@@ -28,12 +28,13 @@
 //! Semantics (see PLUGINS.md for the full table):
 //! - Exactly one `[[registry]]` applies: the one with the longest `prefix`,
 //!   counted as written (`*.com` counts 5), that matches the reference at a
-//!   separator (`/`, `@`, or `:` after a `/`). `prefix` defaults to
-//!   `location`, and may stop at a host, a namespace, a repository, a
-//!   `:tag` or an `@digest`.
+//!   separator (`/`, `@`, or `:` after a `/` or a wildcard's domain).
+//!   `prefix` defaults to `location`, and may stop at a host, a namespace,
+//!   a repository, a `:tag` or an `@digest`.
 //! - A prefix `*.example.com` matches any depth of subdomain.
 //! - `location` rewrites the matched prefix (for a wildcard, the matched
-//!   host). `[[registry.mirror]]` entries come first, in order, then the
+//!   host; a port after it is kept). `[[registry.mirror]]` entries come
+//!   first, in order, then the
 //!   primary location.
 //! - `mirror-by-digest-only = true`, or per mirror `pull-from-mirror =
 //!   "all" | "digest-only" | "tag-only"` (not both), route tag and digest
@@ -249,9 +250,24 @@ fn parse_location(key: &str, value: &str) -> Result<String, String> {
 /// `@digest` may follow, for a prefix that stops at one). containers/image
 /// loads any text and fails every pull the table rewrites; sifr says so
 /// when it loads the file.
+///
+/// Deviation: a `user@` part (`john.doe@example.com`) is refused, though
+/// containers/image's `parseLocation` takes it. An image reference has no
+/// place for a user: in `john.doe@example.com/foo:1` the `@` starts a
+/// digest, so containers/image's own rewrite (`reference.ParseNamed`) fails
+/// every pull through the table, and apptainer's `docker://` parser reads
+/// it the same way. Credentials are the user's (`APPTAINER_DOCKER_USERNAME`,
+/// `auth.json`), never the location's.
 fn check_location(key: &str, location: &str) -> Result<(), String> {
     let host = location.split('/').next().unwrap_or_default();
-    let checked = if !reference::is_domain(host) {
+    let checked = if let Some((user, host)) = host.split_once('@') {
+        Err(format!(
+            "{user:?}@ is a user, and an image reference has no place for one: `@` starts a \
+             digest, so containers/image and apptainer fail every pull rewritten to it; write \
+             {host:?} and give the user's credentials as APPTAINER_DOCKER_USERNAME / \
+             APPTAINER_DOCKER_PASSWORD or in auth.json"
+        ))
+    } else if !reference::is_domain(host) {
         Err(format!("{host:?} is not a host[:port]"))
     } else if !reference::port_is_usable(host) {
         Err(format!("{host:?} has a port outside 1 to 65535"))
@@ -789,12 +805,18 @@ impl Rule {
     /// `.example.com`, with no `/` before it, then the end or a separator;
     /// the match ends with the host.
     ///
-    /// Deviation: containers/image counts `:` as a separator after any
-    /// prefix, so `example.com` (and `*.example.com`) match
-    /// `example.com:5000/…`, a different registry; it calls that unintended
-    /// ("DON'T RELY ON THE CURRENT BEHAVIOR"), and a rewrite or a mirror
-    /// then points at a wrong port. sifr counts `:` only after a `/` (where
-    /// it starts a tag), except in a blocked table: sifr never lets an image
+    /// A wildcard ends at its domain, and a `:port` may follow, as in
+    /// `refMatchingSubdomainPrefix`: `*.sub.example.io` matches
+    /// `another.sub.example.io:5000/…`, and a location then replaces the
+    /// host and keeps the port (`example.com:5000/…`), as containers/image's
+    /// `TestRewriteReferenceSuccess` expects.
+    ///
+    /// Deviation: containers/image counts `:` as a separator after a plain
+    /// host prefix too, so `example.com` matches `example.com:5000/…`, a
+    /// different registry; it calls that unintended ("DON'T RELY ON THE
+    /// CURRENT BEHAVIOR"), and a rewrite or a mirror then points at a wrong
+    /// port. sifr counts `:` after a plain prefix only after a `/` (where it
+    /// starts a tag), except in a blocked table: sifr never lets an image
     /// through that containers/image blocks.
     fn matches(&self, reference: &str) -> Option<usize> {
         let end = if self.wildcard {
@@ -812,7 +834,7 @@ impl Rule {
         };
         match reference[end..].chars().next() {
             None | Some('/' | '@') => Some(end),
-            Some(':') if self.blocked || (!self.wildcard && self.prefix.contains('/')) => Some(end),
+            Some(':') if self.blocked || self.wildcard || self.prefix.contains('/') => Some(end),
             _ => None,
         }
     }
