@@ -77,7 +77,8 @@ pub(crate) fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
         require_tools();
-        let dir = tempfile::tempdir().unwrap();
+        // In the process's own directory: a static is never dropped.
+        let dir = tempfile::tempdir_in(crate::common::process_dir("e2e")).unwrap();
         let certs_dir = dir.path().join("certs");
         std::fs::create_dir(&certs_dir).unwrap();
         let certs = Certs {

@@ -9,7 +9,7 @@
 
 use crate::strategies;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -507,8 +507,8 @@ fn check_config_text(text: &str) -> Result<(), TestCaseError> {
 
 /// One compile cache for the file, so the plugin is compiled once.
 fn compile_cache() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| crate::common::process_dir("properties"))
 }
 
 /// The `registries` plugin with `conf` as its file.

@@ -13,8 +13,8 @@ const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567
 
 /// One cache for the whole file, so the plugin is compiled once.
 fn cache() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| common::process_dir("registries"))
 }
 
 fn fixture(name: &str) -> PathBuf {

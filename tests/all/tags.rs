@@ -3,8 +3,6 @@
 
 use crate::common;
 
-use std::sync::OnceLock;
-
 use common::Scratch;
 use sifr::policy::CompileCache;
 use sifr::{Config, ConfigSources, Context, ImageRef, Outcome, Policy, PolicyOptions, Purpose};
@@ -12,10 +10,10 @@ use sifr::{Config, ConfigSources, Context, ImageRef, Outcome, Policy, PolicyOpti
 /// One compiled-plugin cache for the whole file, so the tags component is
 /// compiled once rather than for every case.
 fn options() -> PolicyOptions {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
     PolicyOptions {
-        compile_cache: Some(CompileCache::new(dir.path().join("plugins"))),
+        compile_cache: Some(CompileCache::new(
+            crate::common::process_dir("tags").join("plugins"),
+        )),
         ..Default::default()
     }
 }

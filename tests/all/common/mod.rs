@@ -303,21 +303,46 @@ pub fn pulls(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+static PROCESS_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A directory `name` for what the whole test process shares (fixtures
+/// built once, one compile cache for a file), under one directory in
+/// TMPDIR that is removed when the process exits. (A `TempDir` in a static
+/// is never dropped, so each run would leave its fixtures behind.)
+pub fn process_dir(name: &str) -> PathBuf {
+    extern "C" fn remove_root() {
+        if let Some(root) = PROCESS_ROOT.get() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+    let root = PROCESS_ROOT.get_or_init(|| {
+        let root = tempfile::Builder::new()
+            .prefix("sifr-tests-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        // SAFETY: atexit takes a plain extern "C" function; remove_root
+        // only reads a static that is set before it is registered.
+        let registered = unsafe { libc::atexit(remove_root) };
+        assert_eq!(registered, 0, "atexit");
+        root
+    });
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A config layer that only gives plugins a generous deadline, for tests
 /// that start many sifr processes at once on a small machine: the policy's
 /// 100 ms wall-clock default is not what they test.
 pub fn sandbox_config() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("sandbox.toml"),
-            "[sandbox]\ntimeout-ms = 10000\n",
-        )
-        .unwrap();
-        dir
-    });
-    dir.path().join("sandbox.toml")
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = process_dir("sandbox").join("sandbox.toml");
+        std::fs::write(&file, "[sandbox]\ntimeout-ms = 10000\n").unwrap();
+        file
+    })
+    .clone()
 }
 
 /// Wait until `done()` holds, checking every 20 ms; fail loudly, naming
