@@ -13,7 +13,6 @@
 //! symlinks and without blocking (a FIFO planted as a record must not hang
 //! sifr).
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, Metadata};
 use std::io;
@@ -21,6 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
+use nix::unistd::{Gid, Group, Uid, User};
 use rustix::fs::{Mode, OFlags};
 
 /// The owners whose records and blobs this cache may use.
@@ -179,18 +179,8 @@ pub fn owner_name(uid: u32) -> String {
 
 /// The user name of `uid`, from the passwd database.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded, so pw_name points at a C string in buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    let user = User::from_uid(Uid::from_raw(uid)).ok()??;
+    Some(user.name)
 }
 
 /// Whether `gid` is `uid`'s own group, which lets no one else in: the
@@ -198,42 +188,23 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// it (a user private group, as `useradd --user-group` and adduser make).
 /// Anything that cannot be looked up is not.
 pub fn is_private_group(gid: u32, uid: u32) -> bool {
-    use std::ffi::CStr;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pwd.pw_gid != gid || pwd.pw_name.is_null() {
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid.as_raw() != gid {
         return false;
     }
-    // SAFETY: getpwuid_r succeeded, so pw_name points at a C string in buf.
-    let user = unsafe { CStr::from_ptr(pwd.pw_name) }.to_owned();
-    let mut gbuf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: an all-zero group is a valid value for getgrgid_r to fill.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut gfound: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `gbuf.len()` is its size.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, gbuf.as_mut_ptr(), gbuf.len(), &mut gfound) };
-    if rc != 0 || gfound.is_null() || grp.gr_name.is_null() {
+    // nix gives names as lossy UTF-8, with U+FFFD for bytes that are not:
+    // a name with U+FFFD in it might equal another name that is not the
+    // same, so such a user is not told apart and has no private group. A
+    // name without one is the name as it is, and equals only itself.
+    if user.name.contains(char::REPLACEMENT_CHARACTER) {
         return false;
     }
-    // SAFETY: getgrgid_r succeeded: gr_name is a C string and gr_mem a
-    // null-terminated array of C strings, all in gbuf.
-    unsafe {
-        if CStr::from_ptr(grp.gr_name) != user.as_c_str() {
-            return false;
-        }
-        let mut member = grp.gr_mem;
-        while !member.is_null() && !(*member).is_null() {
-            if CStr::from_ptr(*member) != user.as_c_str() {
-                return false;
-            }
-            member = member.add(1);
-        }
-    }
-    true
+    let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) else {
+        return false;
+    };
+    group.name == user.name && group.mem.iter().all(|member| *member == user.name)
 }
 
 /// The uid of a user given by name or as a number, as
@@ -244,27 +215,16 @@ pub fn owner_uid(owner: &str) -> Result<u32, String> {
             .parse()
             .map_err(|_| format!("{owner} is not a valid uid"));
     }
-    let name = CString::new(owner).map_err(|_| format!("{owner:?} is not a user name"))?;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: as in `user_name`.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(format!(
-            "there is no user named {owner:?} on this machine; give a user name or a numeric uid"
-        ));
+    // `User::from_name` would find no user; say what is wrong instead.
+    if owner.contains('\0') {
+        return Err(format!("{owner:?} is not a user name"));
     }
-    Ok(pwd.pw_uid)
+    match User::from_name(owner) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) | Err(_) => Err(format!(
+            "there is no user named {owner:?} on this machine; give a user name or a numeric uid"
+        )),
+    }
 }
 
 /// Open `name` (a single path component) in `dir` for reading, without
@@ -324,6 +284,11 @@ mod tests {
             owner_uid("no-such-user-sifr")
                 .unwrap_err()
                 .contains("no user named")
+        );
+        assert!(
+            owner_uid("ro\0ot")
+                .unwrap_err()
+                .contains("is not a user name")
         );
         assert_eq!(owner_name(0), "root (uid 0)");
     }
