@@ -574,6 +574,96 @@ fn the_site_file_locks_its_rules_and_limits_against_every_user_layer() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+#[test]
+#[cfg_attr(
+    not(sifr_e2e),
+    ignore = "needs root, unshare(1) and overlayfs for a private /etc: run with SIFR_E2E=1"
+)]
+fn the_site_file_limits_the_capabilities_users_grant() {
+    let scratch = Scratch::new();
+    let site = "[sandbox]\ntimeout-ms = 10000\n[site]\nuser-capabilities = []\n";
+    std::fs::create_dir_all(scratch.path().join("config/sifr")).unwrap();
+    let user = scratch.write(
+        "config/sifr/config.toml",
+        "[sandbox]\ntimeout-ms = 10000\n\
+         [[plugin]]\nname = \"mine\"\nbuiltin = \"default\"\ncapabilities = [\"resolve-digest\"]\n",
+    );
+    // Probe: without the limit the user's grant loads.
+    let out = sifr_with_site_file(&scratch, "", &["plugin", "ls"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The user's config is refused where it grants, exit 3 (config).
+    let out = sifr_with_site_file(&scratch, site, &["resolve", "ubuntu:22.04"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}:3:1", user.display()))
+            && err.contains("the site does not let users grant the capability \"resolve-digest\"")
+            && err.contains("/etc/sifr/config.toml has [site] user-capabilities = []")
+            && err.contains("remove it from this plugin's capabilities"),
+        "{err}"
+    );
+    // A user layer cannot set the limit itself.
+    std::fs::remove_file(&user).unwrap();
+    let widen = scratch.write(
+        "widen.toml",
+        "[site]\nuser-capabilities = [\"resolve-digest\"]\n",
+    );
+    let out = sifr_with_site_file(
+        &scratch,
+        site,
+        &[
+            "--config",
+            widen.to_str().unwrap(),
+            "resolve",
+            "ubuntu:22.04",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("[site] is only honoured in the site config"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nor can a grant on the command line of the offline harness.
+    let wasm = plugin_wasm("default");
+    let out = sifr_with_site_file(
+        &scratch,
+        site,
+        &[
+            "plugin",
+            "check",
+            "--timeout-ms",
+            "10000",
+            "--grant",
+            "resolve-digest",
+            wasm.to_str().unwrap(),
+            "ubuntu:22.04",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not let users grant the capability \"resolve-digest\"")
+            && stderr(&out).contains("remove it from --grant"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sifr_with_site_file(
+        &scratch,
+        site,
+        &[
+            "plugin",
+            "check",
+            "--timeout-ms",
+            "10000",
+            wasm.to_str().unwrap(),
+            "ubuntu:22.04",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// `sifr completions SHELL` prints a script its shell accepts: `bash -n`
 /// parses the bash one, `zsh -n` and `fish --no-execute` the others (under
 /// `SIFR_E2E=1`, as in CI, a missing shell fails the test; elsewhere those

@@ -77,11 +77,10 @@ pub struct CheckArgs {
 
 fn parse_capability(name: &str) -> std::result::Result<sifr::config::Capability, String> {
     sifr::config::Capability::parse(name).ok_or_else(|| {
-        let known: Vec<&str> = sifr::config::Capability::ALL
-            .iter()
-            .map(|c| c.name())
-            .collect();
-        format!("unknown capability; sifr grants: {}", known.join(", "))
+        format!(
+            "unknown capability; sifr grants: {}",
+            sifr::config::Capability::known()
+        )
     })
 }
 
@@ -172,6 +171,14 @@ fn check(globals: &Globals, args: CheckArgs) -> Result<u8> {
         .file_stem()
         .map(|s| s.to_string_lossy().replace('.', "-"))
         .unwrap_or_else(|| "plugin".to_string());
+    // A grant here is a user's grant: the site's limit holds as in a config.
+    config
+        .check_user_grants(&name, &args.grant)
+        .map_err(|message| sifr::config::ConfigError {
+            path: std::path::PathBuf::from(sifr::config::SITE_CONFIG),
+            location: None,
+            message: message.replace("this plugin's capabilities", "--grant"),
+        })?;
     let spec = PluginSpec {
         name,
         source: PluginSource::Path(args.wasm.clone()),

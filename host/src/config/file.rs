@@ -31,6 +31,8 @@ pub(super) struct FileToml {
 pub(super) struct SiteToml {
     /// The site store: compiled site-locked plugins, root's alone.
     pub(super) store: Option<PathBuf>,
+    /// The host capabilities a plugin the site did not lock may be granted.
+    pub(super) user_capabilities: Option<Vec<toml::Spanned<String>>>,
 }
 
 /// `[registry]`: how the host asks registries for digests.

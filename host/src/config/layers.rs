@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::file::{SandboxToml, line_col, parse_layer};
 use super::plugin_spec::plugin_spec;
-use super::{Config, ConfigError, PluginSpec, SITE_CONFIG, SandboxLimits};
+use super::{Capability, Config, ConfigError, PluginSpec, SITE_CONFIG, SandboxLimits};
 
 /// Which layer a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,28 @@ impl Config {
                         ),
                     ));
                 }
-                if let Some(store) = site.into_inner().store {
+                let site = site.into_inner();
+                if let Some(names) = site.user_capabilities {
+                    let mut allowed = Vec::with_capacity(names.len());
+                    for name in names {
+                        let span = name.span();
+                        let capability = Capability::parse(name.get_ref()).ok_or_else(|| {
+                            err(
+                                span,
+                                format!(
+                                    "user-capabilities: {:?} is not a capability; sifr grants: {}",
+                                    name.get_ref(),
+                                    Capability::known()
+                                ),
+                            )
+                        })?;
+                        if !allowed.contains(&capability) {
+                            allowed.push(capability);
+                        }
+                    }
+                    config.user_capabilities = allowed;
+                }
+                if let Some(store) = site.store {
                     if !store.is_absolute() {
                         return Err(err(
                             span,
@@ -197,7 +218,12 @@ impl Config {
                     let span = entry.span();
                     let root = sources.containers_root.as_deref().unwrap_or(Path::new("/"));
                     let spec = plugin_spec(entry.into_inner(), dir, path, layer, root)
-                        .map_err(|m| err(span, m))?;
+                        .map_err(|m| err(span.clone(), m))?;
+                    if layer != Layer::Site {
+                        config
+                            .check_user_grants(&spec.name, &spec.capabilities)
+                            .map_err(|m| err(span, m))?;
+                    }
                     specs.push(spec);
                 }
                 if layer == Layer::Site {
@@ -228,6 +254,36 @@ impl Config {
             config.plugins = chain;
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Whether a plugin the site did not declare may be granted
+    /// `capabilities`: each must be in `[site] user-capabilities`. The
+    /// message names the plugin, the capability, the site's list and what
+    /// to do.
+    pub fn check_user_grants(
+        &self,
+        plugin: &str,
+        capabilities: &[Capability],
+    ) -> Result<(), String> {
+        let Some(refused) = capabilities
+            .iter()
+            .find(|c| !self.user_capabilities.contains(c))
+        else {
+            return Ok(());
+        };
+        let allowed: Vec<String> = self
+            .user_capabilities
+            .iter()
+            .map(|c| format!("{:?}", c.name()))
+            .collect();
+        Err(format!(
+            "plugin '{plugin}': the site does not let users grant the capability \
+             \"{refused}\" ({SITE_CONFIG} has [site] user-capabilities = [{}]); remove it \
+             from this plugin's capabilities, or ask your site's admins for it",
+            allowed.join(", ")
+        ))
     }
 }
 

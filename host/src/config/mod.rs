@@ -104,6 +104,12 @@ pub struct Config {
     /// `[site] store`: where site-locked plugins are loaded from, compiled
     /// (see `sifr site prepare`). Only the site file may set it.
     pub site_store: PathBuf,
+    /// `[site] user-capabilities`: the host capabilities that a plugin the
+    /// site did not declare may be granted (by a user's config, or `sifr
+    /// plugin check --grant`). Every capability unless the site file says;
+    /// only the site file may set it, so no user layer can widen it. The
+    /// site's own `[[plugin]]` entries grant what they say.
+    pub user_capabilities: Vec<Capability>,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -121,6 +127,7 @@ impl Default for Config {
             registry_timeout: None,
             digest_ttl: None,
             site_store: PathBuf::from(SITE_STORE),
+            user_capabilities: Capability::ALL.to_vec(),
             files: Vec::new(),
         }
     }
@@ -315,6 +322,88 @@ mod tests {
         assert_eq!(names(&load(None, None)), ["optional", "enforced"]);
         assert_eq!(names(&load(Some(&user), None)), ["enforced"]);
         assert_eq!(names(&load(Some(&user), Some(&cli))), ["mine", "enforced"]);
+    }
+
+    #[test]
+    fn the_site_limits_which_capabilities_users_grant_and_no_user_layer_widens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let granting = "[[plugin]]\nname = \"mine\"\nbuiltin = \"default\"\n\
+                        capabilities = [\"resolve-digest\"]\n";
+        let user = write(dir.path(), "user.toml", granting);
+        let load = |site: &str, user: &Path, cli: Option<&Path>| {
+            let site = write(dir.path(), "site.toml", site);
+            Config::load(&ConfigSources {
+                site: Some(site),
+                user: Some(user.to_path_buf()),
+                cli: cli.map(Path::to_path_buf),
+                ..Default::default()
+            })
+        };
+
+        // Without the key, users may grant every capability, as before.
+        let config = load("", &user, None).unwrap();
+        assert_eq!(config.user_capabilities, Capability::ALL);
+        assert!(config.plugins[0].granted(Capability::ResolveDigest));
+        let config = load(
+            "[site]\nuser-capabilities = [\"resolve-digest\"]\n",
+            &user,
+            None,
+        )
+        .unwrap();
+        assert!(config.plugins[0].granted(Capability::ResolveDigest));
+
+        // With an empty list, a user's grant is refused where it is written,
+        // naming the plugin, the capability, the site's list and what to do.
+        let closed = "[site]\nuser-capabilities = []\n";
+        let err = load(closed, &user, None).unwrap_err();
+        assert_eq!(err.path, user);
+        assert_eq!(err.location, Some((1, 1)), "{err}");
+        for part in [
+            "plugin 'mine'",
+            "does not let users grant the capability \"resolve-digest\"",
+            "[site] user-capabilities = []",
+            "ask your site's admins",
+        ] {
+            assert!(err.message.contains(part), "{part:?}: {err}");
+        }
+        // No later layer can set the key, nor grant past it.
+        let widen = write(
+            dir.path(),
+            "widen.toml",
+            "[site]\nuser-capabilities = [\"resolve-digest\"]\n",
+        );
+        let err = load(closed, &widen, None).unwrap_err();
+        assert!(
+            err.message.contains("only honoured in the site config"),
+            "{err}"
+        );
+        let empty = write(dir.path(), "empty.toml", "");
+        let cli = write(dir.path(), "cli.toml", granting);
+        let err = load(closed, &empty, Some(&cli)).unwrap_err();
+        assert_eq!(err.path, cli, "{err}");
+
+        // The site's own entries grant what they say, locked or not.
+        let site_grants = format!(
+            "{closed}{granting}\
+                                   [[plugin]]\nname = \"rules\"\nbuiltin = \"default\"\n\
+                                   locked = true\ncapabilities = [\"resolve-digest\"]\n"
+        );
+        let config = load(&site_grants, &empty, None).unwrap();
+        assert!(
+            config
+                .plugins
+                .iter()
+                .all(|p| p.granted(Capability::ResolveDigest))
+        );
+
+        // An unknown name in the list is an error at its place.
+        let err = load("[site]\nuser-capabilities = [\"network\"]\n", &empty, None).unwrap_err();
+        assert_eq!(err.location, Some((2, 22)), "{err}");
+        assert!(
+            err.message
+                .contains("\"network\" is not a capability; sifr grants: resolve-digest"),
+            "{err}"
+        );
     }
 
     #[test]

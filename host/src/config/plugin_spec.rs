@@ -44,6 +44,12 @@ impl Capability {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|c| c.name() == name)
     }
+
+    /// The names sifr grants, for messages: `resolve-digest`.
+    pub fn known() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+        names.join(", ")
+    }
 }
 
 impl std::fmt::Display for Capability {
@@ -176,10 +182,9 @@ pub(super) fn plugin_spec(
     let mut capabilities = Vec::new();
     for given in entry.capabilities {
         let capability = Capability::parse(&given).ok_or_else(|| {
-            let known: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
             format!(
                 "plugin '{name}': capability {given:?} is unknown; sifr grants: {}",
-                known.join(", ")
+                Capability::known()
             )
         })?;
         if !capabilities.contains(&capability) {
