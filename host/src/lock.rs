@@ -670,15 +670,34 @@ pub fn resolve_entry(
                 LookupOutcome::Resolved {
                     manifest_digest,
                     index_digest,
+                    stale,
                     ..
                 } if manifest_digest == digest.as_str() => Some((
+                    l,
                     canonical_registry(&l.registry),
                     index_digest
                         .as_deref()
                         .and_then(|d| ManifestDigest::parse(d).ok()),
+                    stale.as_ref(),
                 )),
                 _ => None,
             });
+        // A lock file records what a registry says now: never an old
+        // answer given because the registry failed (stale-if-error).
+        if let Some((l, _, _, Some(stale))) = lookup {
+            return Err(LockError::Unresolved {
+                image: image.to_string(),
+                attempts: vec![(
+                    format!("{}/{}:{}", l.registry, l.repository, l.tag),
+                    format!(
+                        "{}; the digest cache's answer is stale ({}s old), and a lock file \
+                         records only a digest a registry gives now",
+                        stale.error, stale.age_secs
+                    ),
+                )],
+            });
+        }
+        let lookup = lookup.map(|(_, at, index, _)| (at, index));
         // A plugin that pinned without asking the host: the plan's first
         // source is where the digest will be pulled from.
         let (at, index) = lookup.unwrap_or_else(|| (plan[0].registry.clone(), None));

@@ -167,6 +167,7 @@ fn a_granted_plugin_gets_the_registry_s_digest_and_the_host_records_it() {
             index_digest: None,
             from_cache: false,
             plain_http: true,
+            stale: None,
         }
     );
 }
@@ -413,6 +414,250 @@ fn pin_resolve_pulls_every_source_by_the_digest_the_first_answering_source_gave(
         &lookups[1].outcome,
         LookupOutcome::Resolved { manifest_digest, .. } if *manifest_digest == digest
     ));
+}
+
+/// `[registry] stale-if-error`: when the registry cannot answer now (HTTP
+/// 503), the digest cache's answer past its TTL stands in, within the
+/// window, and the look-up says it is stale and why. A registry that does
+/// answer (404) is never overridden; a plugin without a window gets no
+/// stale answer; a site-locked plugin takes the site file's window alone.
+#[test]
+fn a_registry_that_fails_now_is_answered_from_the_stale_cache_within_the_window() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let body = manifest("pins");
+    let digest = sha256(&body);
+    // 0: answer; 1: 503 (down); 2: 404 (the tag is gone).
+    let mode = Arc::new(AtomicU8::new(0));
+    let server = {
+        let (mode, header) = (mode.clone(), digest.clone());
+        Server::start(move |req, stream| match mode.load(Ordering::SeqCst) {
+            0 => {
+                let headers = [
+                    ("Content-Type", OCI_MANIFEST),
+                    ("Docker-Content-Digest", header.as_str()),
+                ];
+                respond(stream, "200 OK", &headers, &body, req.method == "HEAD");
+            }
+            1 => respond(stream, "503 Service Unavailable", &[], b"down", false),
+            _ => respond(stream, "404 Not Found", &[], b"{}", false),
+        })
+    };
+    let scratch = Scratch::new();
+    let digests = scratch.path().join("digests");
+    let options = PolicyOptions {
+        registry: Some(Arc::new(RegistryClient::new(RegistryOptions {
+            timeout: Duration::from_secs(10),
+            cache: Some(sifr::registry::TtlCache::new(
+                &digests,
+                Duration::from_secs(60),
+            )),
+            ..RegistryOptions::default()
+        }))),
+        ..PolicyOptions::default()
+    };
+    let pins = |locked: bool| {
+        format!(
+            "[[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\nlocked = {locked}\n{GRANT}\n\
+             [plugin.settings]\npin = \"resolve\"\n"
+        )
+    };
+    let policy = |site: &str, user: &str| {
+        let site = scratch.write("site.toml", &format!("[sandbox]\n{GENEROUS}\n{site}"));
+        let user = scratch.write("user.toml", user);
+        let config = Config::load(&ConfigSources {
+            site: Some(site),
+            user: Some(user),
+            ..Default::default()
+        })
+        .unwrap();
+        Policy::load(&config, &options).unwrap()
+    };
+    let window = "[registry]\nstale-if-error = \"1d\"\n";
+    let users = policy("", &format!("{window}{}", pins(false)));
+    let (image, plan) = image_on(&server);
+    let resolve = |policy: &Policy| policy.resolve_from(&image, &ctx(), plan.clone());
+    let pinned = |resolution: &sifr::Resolution| match &resolution.outcome {
+        Outcome::Plan(sources) => sources[0].reference == PullRef::Digest(md(&digest)),
+        _ => false,
+    };
+
+    // Fresh from the registry, and kept.
+    let first = resolve(&users);
+    assert!(pinned(&first), "{:?}", first.outcome);
+    // An hour later: past the 60 s TTL, within the day.
+    let entries: Vec<_> = std::fs::read_dir(&digests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    for path in entries {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json["stored_at"] = (json["stored_at"].as_u64().unwrap() - 3600).into();
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    }
+    mode.store(1, Ordering::SeqCst);
+    let stale = resolve(&users);
+    assert!(pinned(&stale), "{:?}", stale.outcome);
+    match &stale.steps[0].lookups[0].outcome {
+        LookupOutcome::Resolved {
+            from_cache: true,
+            stale: Some(why),
+            ..
+        } => {
+            assert!(why.age_secs >= 3600, "{why:?}");
+            assert!(why.error.contains("HTTP 503"), "{why:?}");
+        }
+        other => panic!("not a stale answer: {other:?}"),
+    }
+
+    // No window: the failure stands, as before.
+    let strict = policy("", &pins(false));
+    assert!(!pinned(&resolve(&strict)));
+    // A site-locked plugin: the user's window does not relax it...
+    let locked = policy(&pins(true), window);
+    let refused = resolve(&locked);
+    assert!(!pinned(&refused), "{:?}", refused.outcome);
+    assert!(matches!(
+        &refused.steps[0].lookups[0].outcome,
+        LookupOutcome::Failed { error } if error.contains("HTTP 503")
+    ));
+    // ...the site's own does.
+    let site_window = policy(&format!("{window}{}", pins(true)), "");
+    assert!(pinned(&resolve(&site_window)));
+
+    // A registry that answers is believed: the tag is gone.
+    mode.store(2, Ordering::SeqCst);
+    let gone = resolve(&users);
+    assert!(!pinned(&gone), "{:?}", gone.outcome);
+    assert!(matches!(
+        &gone.steps[0].lookups[0].outcome,
+        LookupOutcome::Failed { error } if error.contains("has no tag")
+    ));
+}
+
+/// `sifr resolve --explain` and `--json` say a digest is stale, how old it
+/// is and what failed; `sifr lock`, which asks registries now, records
+/// nothing.
+#[test]
+fn explain_json_and_lock_show_a_stale_digest_for_what_it_is() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let body = manifest("pins");
+    let digest = sha256(&body);
+    let down = Arc::new(AtomicBool::new(false));
+    let mirror = {
+        let (down, header) = (down.clone(), digest.clone());
+        Server::start(move |req, stream| {
+            if down.load(Ordering::SeqCst) {
+                respond(stream, "503 Service Unavailable", &[], b"down", false);
+            } else {
+                let headers = [
+                    ("Content-Type", OCI_MANIFEST),
+                    ("Docker-Content-Digest", header.as_str()),
+                ];
+                respond(stream, "200 OK", &headers, &body, req.method == "HEAD");
+            }
+        })
+    };
+    // The origin refuses throughout; the mirror answers, then fails.
+    let origin = common::RefusedPort::new();
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "config.toml",
+        &format!(
+            "[sandbox]\n{GENEROUS}\n[registry]\ndigest-ttl = \"1m\"\nstale-if-error = \"1d\"\n\
+             [[plugin]]\nname = \"site-mirror\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+             registries = [\"{}\"]\n[[plugin.settings.mirrors]]\nregistry = \"{}\"\nplain-http = true\n\
+             [[plugin]]\nname = \"pins\"\nbuiltin = \"tags\"\n{GRANT}\n[plugin.settings]\npin = \"resolve\"\n",
+            origin.host(),
+            mirror.host()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let image = format!("{}/team/app:v1", origin.host());
+    let sifr = |args: &[&str]| {
+        scratch
+            .command()
+            .args(["--config", config])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = sifr(&["resolve", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // An hour on, the mirror is down.
+    let digests = scratch.path().join("cache/sifr/digests");
+    let entries: Vec<_> = std::fs::read_dir(&digests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&entries[0]).unwrap()).unwrap();
+    json["stored_at"] = (json["stored_at"].as_u64().unwrap() - 3600).into();
+    std::fs::write(&entries[0], serde_json::to_vec(&json).unwrap()).unwrap();
+    down.store(true, Ordering::SeqCst);
+
+    let out = sifr(&["resolve", "--explain", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "digest of {}/team/app:v1 (amd64): {digest}, from the digest cache, STALE: asked \
+             of the registry 1h",
+            mirror.host()
+        )) && text.contains("stale-if-error because the registry failed now")
+            && text.contains("HTTP 503"),
+        "{text}"
+    );
+    let out = sifr(&["resolve", "--json", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lookups = json[0]["steps"][1]["lookups"].as_array().unwrap();
+    let stale = &lookups.last().unwrap()["stale"];
+    assert!(stale["age-secs"].as_u64().unwrap() >= 3600, "{stale}");
+    assert!(
+        stale["error"].as_str().unwrap().contains("HTTP 503"),
+        "{stale}"
+    );
+
+    let lock = scratch.path().join("sifr.lock");
+    let out = sifr(&["lock", "--file", lock.to_str().unwrap(), &image]);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    // sifr lock asks the registries now, without the digest cache: the
+    // failure stands, and nothing stale is recorded.
+    assert!(stderr(&out).contains("HTTP 503"), "{}", stderr(&out));
+    assert!(!lock.exists(), "nothing was written");
+}
+
+#[test]
+fn registry_settings_bound_stale_if_error() {
+    let scratch = Scratch::new();
+    let file = scratch.write("c.toml", "[registry]\nstale-if-error = \"31d\"\n");
+    let err = Config::load(&ConfigSources::only(&file)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stale-if-error must be at most 30d"),
+        "{err}"
+    );
+    let file = scratch.write("c.toml", "[registry]\nstale-if-error = \"soon\"\n");
+    let err = Config::load(&ConfigSources::only(&file)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stale-if-error = \"soon\" is not a duration"),
+        "{err}"
+    );
+    let file = scratch.write("c.toml", "[registry]\nstale-if-error = \"6h\"\n");
+    let config = Config::load(&ConfigSources::only(&file)).unwrap();
+    assert_eq!(config.stale_if_error, Duration::from_secs(6 * 3600));
+    assert_eq!(
+        config.site_stale_if_error,
+        Duration::ZERO,
+        "not the site file"
+    );
 }
 
 #[test]

@@ -195,8 +195,17 @@ fn lookup_line(lookup: &sifr::policy::DigestLookup) -> String {
             index_digest,
             from_cache,
             plain_http,
+            stale,
         } => {
-            let source = if *from_cache {
+            let source = if let Some(stale) = stale {
+                format!(
+                    "the digest cache, STALE: asked of the registry {} ago, past [registry] \
+                     digest-ttl, and given within [registry] stale-if-error because the \
+                     registry failed now: {}",
+                    humantime::format_duration(std::time::Duration::from_secs(stale.age_secs)),
+                    stale.error
+                )
+            } else if *from_cache {
                 "the digest cache (asked of the registry within [registry] digest-ttl)".to_string()
             } else {
                 let http = if *plain_http { "plain HTTP" } else { "HTTPS" };

@@ -41,6 +41,7 @@ pub(super) struct SiteToml {
 pub(super) struct RegistryToml {
     pub(super) timeout: Option<toml::Spanned<String>>,
     pub(super) digest_ttl: Option<toml::Spanned<String>>,
+    pub(super) stale_if_error: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]

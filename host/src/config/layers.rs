@@ -165,6 +165,22 @@ impl Config {
                 if let Some(ttl) = registry.digest_ttl {
                     config.digest_ttl = Some(duration("digest-ttl", ttl)?);
                 }
+                if let Some(window) = registry.stale_if_error {
+                    let span = window.span();
+                    let parsed = duration("stale-if-error", window)?;
+                    if parsed > Duration::from_secs(30 * 86_400) {
+                        return Err(err(
+                            span,
+                            "stale-if-error must be at most 30d: it is how long an old digest \
+                             may stand in for a registry that is down, not a way to stop asking"
+                                .to_string(),
+                        ));
+                    }
+                    config.stale_if_error = parsed;
+                    if layer == Layer::Site {
+                        config.site_stale_if_error = parsed;
+                    }
+                }
             }
             if let Some(site) = file.site {
                 let span = site.span();

@@ -101,6 +101,14 @@ pub struct Config {
     /// `[registry] digest-ttl`: how long a tag's digest is kept in the
     /// per-user digest cache. Default 5 minutes; `"0s"` keeps none.
     pub digest_ttl: Option<Duration>,
+    /// `[registry] stale-if-error`: how long past `digest-ttl` a cached
+    /// digest may answer for a registry that cannot answer now (no
+    /// connection, a timeout, HTTP 429 or 5xx), shown as stale. Default
+    /// zero: never. For the plugins the site did not lock.
+    pub stale_if_error: Duration,
+    /// The same, for site-locked plugins: the site file's alone, so no
+    /// user layer relaxes a locked rule's pins.
+    pub site_stale_if_error: Duration,
     /// `[site] store`: where site-locked plugins are loaded from, compiled
     /// (see `sifr site prepare`). Only the site file may set it.
     pub site_store: PathBuf,
@@ -126,6 +134,8 @@ impl Default for Config {
             trusted_owners: Vec::new(),
             registry_timeout: None,
             digest_ttl: None,
+            stale_if_error: Duration::ZERO,
+            site_stale_if_error: Duration::ZERO,
             site_store: PathBuf::from(SITE_STORE),
             user_capabilities: Capability::ALL.to_vec(),
             files: Vec::new(),

@@ -67,12 +67,26 @@ pub enum LookupOutcome {
         index_digest: Option<String>,
         from_cache: bool,
         plain_http: bool,
+        /// The registry failed just now, and this is the digest cache's
+        /// answer past its TTL (`[registry] stale-if-error`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stale: Option<StaleAnswer>,
     },
     /// The host refused to ask: not granted, not a registry of the plan,
     /// too many look-ups, or asked from `configure`.
     Refused { reason: String },
     /// The registry could not answer.
     Failed { error: String },
+}
+
+/// A digest given from the cache because the registry failed now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StaleAnswer {
+    /// Since the registry gave it, in seconds.
+    pub age_secs: u64,
+    /// The registry's failure now.
+    pub error: String,
 }
 
 /// What a granted look-up returns to the plugin's contract module.
@@ -106,14 +120,23 @@ pub(crate) struct DigestAccess {
     /// plain HTTP is allowed for it.
     registries: Vec<(String, bool)>,
     excused: Excused,
+    /// How long past the digest TTL a cached answer may stand in for a
+    /// registry that fails now: the plugin's layer's `[registry]
+    /// stale-if-error` (the site file's alone for a site-locked plugin).
+    stale_if_error: Duration,
 }
 
 impl DigestAccess {
-    pub(crate) fn new(client: Arc<RegistryClient>, excused: Excused) -> Self {
+    pub(crate) fn new(
+        client: Arc<RegistryClient>,
+        excused: Excused,
+        stale_if_error: Duration,
+    ) -> Self {
         Self {
             client,
             registries: Vec::new(),
             excused,
+            stale_if_error,
         }
     }
 
@@ -204,9 +227,14 @@ impl HostState {
             self.lookups.push(record);
             return Err(reason);
         };
-        let answer = access
-            .client
-            .resolve_digest(&canonical, repository, tag, arch, plain_http);
+        let answer = access.client.resolve_digest_or_stale(
+            &canonical,
+            repository,
+            tag,
+            arch,
+            plain_http,
+            access.stale_if_error,
+        );
         let elapsed = started.elapsed();
         access.excused.add(elapsed);
         record.elapsed = elapsed;
@@ -222,6 +250,10 @@ impl HostState {
                     index_digest: answer.index_digest.clone(),
                     from_cache: answer.from_cache,
                     plain_http,
+                    stale: resolved.stale.map(|stale| StaleAnswer {
+                        age_secs: stale.age.as_secs(),
+                        error: stale.error,
+                    }),
                 };
                 Ok(answer)
             }

@@ -207,14 +207,20 @@ impl Policy {
             .plugins
             .iter()
             .map(|spec| {
-                LoadedPlugin::load(
+                let mut plugin = LoadedPlugin::load(
                     spec,
                     limits_of(config, spec),
                     &engine.0,
                     options.compile_cache.as_ref(),
                     Some(site),
                     options.registry.as_ref(),
-                )
+                )?;
+                plugin.stale_if_error = if spec.locked {
+                    config.site_stale_if_error
+                } else {
+                    config.stale_if_error
+                };
+                Ok(plugin)
             })
             .collect::<Result<_, PluginLoadError>>()?;
         Ok(Self { plugins })

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::reference::{DOCKER_HUB, ImageRef, ManifestDigest, SifDigest};
 
-pub use capability::{DigestLookup, LookupOutcome};
+pub use capability::{DigestLookup, LookupOutcome, StaleAnswer};
 pub use chain::{
     Outcome, Policy, PolicyEngine, PolicyOptions, PreparedPlugin, Resolution, Step, StepOutcome,
 };

@@ -122,6 +122,9 @@ pub struct LoadedPlugin {
     weight: usize,
     /// The client behind `resolve-digest`, when the config grants it.
     registry: Option<Arc<RegistryClient>>,
+    /// `[registry] stale-if-error` for its look-ups (see
+    /// [`super::capability`]); zero unless the chain's config sets it.
+    pub(crate) stale_if_error: std::time::Duration,
     sandbox: Arc<Sandbox>,
 }
 
@@ -250,6 +253,7 @@ impl LoadedPlugin {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(RegistryClient::default()))
             }),
+            stale_if_error: std::time::Duration::ZERO,
             pre: None,
             weight: 1,
             sandbox: sandbox.clone(),
@@ -598,7 +602,7 @@ impl LoadedPlugin {
         let mut store = self.sandbox.store(limits);
         let excused = self.registry.as_ref().map(|client| {
             let excused = Excused::default();
-            let access = DigestAccess::new(client.clone(), excused.clone());
+            let access = DigestAccess::new(client.clone(), excused.clone(), self.stale_if_error);
             grant_digests(&mut store, access, excused.clone());
             excused
         });

@@ -77,6 +77,34 @@ impl TtlCache {
 
     /// The cached answer for `key`, if fresh.
     pub(crate) fn get(&self, key: &Key<'_>) -> Result<Option<Resolved>, RegistryError> {
+        let ttl = self.ttl.as_secs().max(1);
+        Ok(self
+            .read(key)?
+            .filter(|(_, age)| *age < ttl)
+            .map(|(r, _)| r))
+    }
+
+    /// The cached answer for `key` when it is past the TTL by less than
+    /// `window` (HTTP's stale-if-error, RFC 5861): for a registry that
+    /// failed just now. With its age. Nothing with a zero window.
+    pub(crate) fn get_stale(
+        &self,
+        key: &Key<'_>,
+        window: Duration,
+    ) -> Result<Option<(Resolved, Duration)>, RegistryError> {
+        if window.is_zero() {
+            return Ok(None);
+        }
+        let limit = self.ttl.as_secs().max(1).saturating_add(window.as_secs());
+        Ok(self
+            .read(key)?
+            .filter(|(_, age)| *age < limit)
+            .map(|(r, age)| (r, Duration::from_secs(age))))
+    }
+
+    /// The entry for `key`, whatever its age, with its age in seconds; not
+    /// one from the future, of another key, or unreadable.
+    fn read(&self, key: &Key<'_>) -> Result<Option<(Resolved, u64)>, RegistryError> {
         if self.ttl.is_zero() {
             return Ok(None);
         }
@@ -107,12 +135,16 @@ impl TtlCache {
             && record.tag == key.tag
             && record.arch == key.arch;
         let now = now();
-        let fresh = record.stored_at <= now && now - record.stored_at < self.ttl.as_secs().max(1);
-        Ok((same && fresh).then(|| Resolved {
-            digest: record.digest,
-            index_digest: record.index_digest,
-            media_type: crate::untrusted::escape(&record.media_type, 256),
-            from_cache: true,
+        let past = record.stored_at <= now;
+        Ok((same && past).then(|| {
+            let resolved = Resolved {
+                digest: record.digest,
+                index_digest: record.index_digest,
+                media_type: crate::untrusted::escape(&record.media_type, 256),
+                from_cache: true,
+                stale: None,
+            };
+            (resolved, now - record.stored_at)
         }))
     }
 
@@ -228,6 +260,7 @@ mod tests {
             index_digest: None,
             media_type: super::super::OCI_MANIFEST.into(),
             from_cache: false,
+            stale: None,
         }
     }
 
@@ -268,6 +301,30 @@ mod tests {
         assert_eq!(cache.get(&KEY).unwrap(), None, "a bad digest");
         // No temporary file is left behind.
         assert_eq!(cache.entries(), 1);
+    }
+
+    #[test]
+    fn a_stale_entry_serves_only_within_the_window_past_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TtlCache::new(dir.path().join("c"), Duration::from_secs(600));
+        cache.put(&KEY, &resolved()).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(cache.get_stale(&KEY, Duration::ZERO).unwrap(), None, "off");
+        let (fresh, age) = cache.get_stale(&KEY, hour).unwrap().unwrap();
+        assert_eq!(fresh.digest, resolved().digest);
+        assert!(age < Duration::from_secs(600));
+
+        // 601 s old: past the TTL, within the hour after it.
+        edit(&cache, |j| j["stored_at"] = (now() - 601).into());
+        assert_eq!(cache.get(&KEY).unwrap(), None);
+        let (stale, age) = cache.get_stale(&KEY, hour).unwrap().unwrap();
+        assert_eq!(stale.digest, resolved().digest);
+        assert!(age >= Duration::from_secs(601), "{age:?}");
+        // Past TTL + window, or from the future: nothing.
+        edit(&cache, |j| j["stored_at"] = (now() - 600 - 3601).into());
+        assert_eq!(cache.get_stale(&KEY, hour).unwrap(), None);
+        edit(&cache, |j| j["stored_at"] = (now() + 60).into());
+        assert_eq!(cache.get_stale(&KEY, hour).unwrap(), None);
     }
 
     #[test]

@@ -208,6 +208,17 @@ impl RegistryError {
         }
     }
 
+    /// Whether the registry could not answer now, rather than answered
+    /// no: no connection, no answer within the timeout, or HTTP 429 or
+    /// 5xx. What a cached answer may stand in for (stale-if-error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Connect { .. } | RegistryError::Timeout { .. } => true,
+            RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
     /// The HTTP status the registry answered, when the failure is one.
     pub fn status(&self) -> Option<u16> {
         use RegistryError::*;

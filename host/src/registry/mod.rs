@@ -127,6 +127,18 @@ pub struct Resolved {
     pub media_type: String,
     /// Whether the answer came from the TTL cache (no network).
     pub from_cache: bool,
+    /// Set when the answer is a cached one past its TTL, given because the
+    /// registry failed just now ([`RegistryClient::resolve_digest_or_stale`]).
+    pub stale: Option<Stale>,
+}
+
+/// Why a stale answer was given: how old it is, and the registry's failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// Since the registry gave the answer.
+    pub age: Duration,
+    /// What failed now (the look-up's error, as shown).
+    pub error: String,
 }
 
 /// A blocking registry client; cheap to share between threads (`&self`).
@@ -180,6 +192,25 @@ impl RegistryClient {
         arch: &str,
         plain_http: bool,
     ) -> Result<Resolved, RegistryError> {
+        self.resolve_digest_or_stale(registry, repository, tag, arch, plain_http, Duration::ZERO)
+    }
+
+    /// [`RegistryClient::resolve_digest`], and when the registry cannot
+    /// answer now (no connection, a timeout, HTTP 429 or 5xx: see
+    /// [`RegistryError::is_transient`]), the TTL cache's answer if it is
+    /// past its TTL by less than `stale_if_error` (RFC 5861's
+    /// stale-if-error), marked [`Resolved::stale`]. A registry that
+    /// answers, even with an error (no such tag, access refused, a digest
+    /// that does not match), is never overridden by an old answer.
+    pub fn resolve_digest_or_stale(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        arch: &str,
+        plain_http: bool,
+        stale_if_error: Duration,
+    ) -> Result<Resolved, RegistryError> {
         let registry = canonical_registry(registry);
         let target = Box::new(Target {
             registry: escape(&registry, MAX_SHOWN),
@@ -231,7 +262,24 @@ impl RegistryClient {
             authenticated: false,
             used_credentials: false,
         };
-        let resolved = session.resolve(tag, &platform)?;
+        let resolved = match session.resolve(tag, &platform) {
+            Ok(resolved) => resolved,
+            Err(error) if error.is_transient() && !stale_if_error.is_zero() => {
+                let stale = match &self.options.cache {
+                    Some(cache) => cache.get_stale(&key, stale_if_error)?,
+                    None => None,
+                };
+                let Some((mut resolved, age)) = stale else {
+                    return Err(error);
+                };
+                resolved.stale = Some(Stale {
+                    age,
+                    error: error.to_string(),
+                });
+                return Ok(resolved);
+            }
+            Err(error) => return Err(error),
+        };
         if let Some(cache) = &self.options.cache {
             // The answer is good even when it cannot be kept.
             let _ = cache.put(&key, &resolved);
@@ -368,6 +416,7 @@ impl Session<'_> {
                     index_digest: None,
                     media_type: escape(media_type, MAX_SHOWN),
                     from_cache: false,
+                    stale: None,
                 });
             }
         }
@@ -379,6 +428,7 @@ impl Session<'_> {
                 index_digest: None,
                 media_type: escape(&media_type, MAX_SHOWN),
                 from_cache: false,
+                stale: None,
             });
         }
         self.pick(platform, digest, &body)
@@ -501,6 +551,7 @@ impl Session<'_> {
             index_digest: Some(index_digest),
             media_type: escape(media_type, MAX_SHOWN),
             from_cache: false,
+            stale: None,
         })
     }
 
