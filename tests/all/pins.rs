@@ -511,6 +511,24 @@ fn a_registry_that_fails_now_is_answered_from_the_stale_cache_within_the_window(
         }
         other => panic!("not a stale answer: {other:?}"),
     }
+    // A lock entry is never made from a stale digest, whatever client the
+    // embedder hands lock::resolve_entry.
+    let mirror = format!(
+        "[[plugin]]\nname = \"m\"\nbuiltin = \"mirror\"\n[plugin.settings]\n\
+         registries = [\"{0}\"]\n[[plugin.settings.mirrors]]\nregistry = \"{0}\"\nplain-http = true\n",
+        server.host()
+    );
+    let lockable = policy("", &format!("{window}{mirror}{}", pins(false)));
+    let client = options.registry.clone().unwrap();
+    let err = sifr::lock::resolve_entry(&lockable, &client, &image.to_string(), "amd64")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HTTP 503")
+            && err.contains("is stale")
+            && err.contains("a lock file records only a digest a registry gives now"),
+        "{err}"
+    );
 
     // No window: the failure stands, as before.
     let strict = policy("", &pins(false));
