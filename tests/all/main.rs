@@ -16,6 +16,7 @@ mod strategies;
 mod authoring;
 mod cli;
 mod configure_once;
+mod credentials;
 mod differential;
 mod e2e;
 mod front;

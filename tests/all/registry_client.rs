@@ -471,7 +471,7 @@ fn token_registry() -> Server {
     server
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -908,6 +908,196 @@ mod e2e {
                 None
             }
         }
+    }
+
+    /// A GnuPG home and a pass store of its own, under `home`; the
+    /// gpg-agent it starts is stopped on drop.
+    struct Keychain {
+        home: PathBuf,
+    }
+
+    impl Keychain {
+        fn new(home: &Path) -> Self {
+            let gnupg = home.join(".gnupg");
+            std::fs::create_dir_all(&gnupg).unwrap();
+            std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            let keychain = Self {
+                home: home.to_path_buf(),
+            };
+            run(keychain.command("gpg").args([
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "sifr test <sifr-test@example.invalid>",
+                "default",
+                "default",
+                "never",
+            ]));
+            let keys =
+                run(keychain
+                    .command("gpg")
+                    .args(["--batch", "--with-colons", "--list-keys"]));
+            let keys = String::from_utf8(keys).unwrap();
+            let fingerprint = keys
+                .lines()
+                .find_map(|l| l.strip_prefix("fpr:"))
+                .map(|rest| rest.trim_matches(':').to_string())
+                .expect("the key's fingerprint");
+            run(keychain.command("pass").args(["init", &fingerprint]));
+            keychain
+        }
+
+        /// `program` with this keychain's HOME and nothing else of ours.
+        fn command(&self, program: &str) -> Command {
+            let mut cmd = Command::new(program);
+            cmd.env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", &self.home);
+            cmd
+        }
+    }
+
+    impl Drop for Keychain {
+        fn drop(&mut self) {
+            let _ = self.command("gpgconf").args(["--kill", "all"]).status();
+        }
+    }
+
+    fn require_pass() -> bool {
+        let have = ["docker-credential-pass", "pass", "gpg"]
+            .iter()
+            .all(|tool| which::which(tool).is_ok());
+        if !have {
+            assert!(
+                !std::env::var("SIFR_E2E").is_ok_and(|v| v == "1"),
+                "the credential helper test needs docker-credential-pass, pass and gpg: \
+                 apt-get install golang-docker-credential-helpers pass gnupg"
+            );
+            eprintln!("skipped: no docker-credential-pass, pass or gpg");
+        }
+        have
+    }
+
+    /// The real `docker-credential-pass` (Debian's
+    /// golang-docker-credential-helpers), with a pass store under a GPG key
+    /// the test makes, gives the login for a real htpasswd registry, named
+    /// by `credsStore` or by `credHelpers`; and the secret it gives is never
+    /// in an error.
+    #[test]
+    #[cfg_attr(
+        not(sifr_e2e),
+        ignore = "end-to-end: install docker-registry skopeo umoci apache2-utils golang-docker-credential-helpers pass, or set SIFR_E2E=1"
+    )]
+    fn a_real_credential_helper_gives_the_login_for_a_protected_registry() {
+        let (Some(htpasswd), true) = (htpasswd(), require_pass()) else {
+            return;
+        };
+        let work = tempfile::tempdir().unwrap();
+        let users = work.path().join("htpasswd");
+        run(Command::new(htpasswd)
+            .args(["-B", "-b", "-c"])
+            .arg(&users)
+            .args(["carol", "in-the-keychain"]));
+        let registry = Registry::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
+            users.display()
+        ));
+        let layout = layout(work.path());
+        let creds = Some("carol:in-the-keychain");
+        registry.push_as(
+            &format!("oci:{}:one", layout.display()),
+            "team/kept:v1",
+            false,
+            creds,
+        );
+        let expected = registry.digest_as("team/kept:v1", creds);
+
+        // As `docker login` leaves it with a credential store: the secret
+        // in pass, the config naming the helper.
+        let home = work.path().join("home");
+        let keychain = Keychain::new(&home);
+        let host = registry.host();
+        let mut store = keychain
+            .command("docker-credential-pass")
+            .arg("store")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            store.stdin.as_mut().unwrap(),
+            serde_json::json!({"ServerURL": host, "Username": "carol", "Secret": "in-the-keychain"})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        drop(store.stdin.take());
+        assert!(
+            store.wait().unwrap().success(),
+            "docker-credential-pass store"
+        );
+
+        let docker = work.path().join("docker");
+        std::fs::create_dir(&docker).unwrap();
+        for config in [
+            serde_json::json!({"auths": {host.clone(): {}}, "credsStore": "pass"}),
+            serde_json::json!({"credHelpers": {host.clone(): "pass"}}),
+        ] {
+            std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+            let env = |name: &str| match name {
+                "DOCKER_CONFIG" => Some(docker.clone().into_os_string()),
+                "HOME" => Some(home.clone().into_os_string()),
+                "PATH" => Some("/usr/bin:/bin".into()),
+                _ => None,
+            };
+            let client = RegistryClient::new(RegistryOptions {
+                credentials: sifr::registry::CredentialSources::standard(env, Some(home.clone())),
+                ..RegistryOptions::default()
+            });
+            let got = client
+                .resolve_digest(&host, "team/kept", "v1", "amd64", true)
+                .unwrap_or_else(|e| panic!("{config}: {e}"));
+            assert_eq!(got.digest.as_str(), expected, "{config}");
+        }
+
+        // A registry the store has nothing for: not found, so no
+        // credential, and the registry's own refusal.
+        let other = Registry::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
+            users.display()
+        ));
+        std::fs::write(
+            docker.join("config.json"),
+            serde_json::json!({"credsStore": "pass"}).to_string(),
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "DOCKER_CONFIG" => Some(docker.clone().into_os_string()),
+            "HOME" => Some(home.clone().into_os_string()),
+            "PATH" => Some("/usr/bin:/bin".into()),
+            _ => None,
+        };
+        let client = RegistryClient::new(RegistryOptions {
+            credentials: sifr::registry::CredentialSources::standard(env, Some(home.clone())),
+            ..RegistryOptions::default()
+        });
+        let err = client
+            .resolve_digest(&other.host(), "team/kept", "v1", "amd64", true)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                sifr::registry::RegistryError::Unauthorized {
+                    had_credentials: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains("in-the-keychain"));
     }
 
     #[test]

@@ -8,20 +8,78 @@
 //!    `~/.config/containers/auth.json` (podman, skopeo, buildah);
 //! 3. `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
 //!
-//! In the files, `auths` entries are matched by registry host (a key may
-//! carry a scheme or a `/v1/` suffix, as `docker login` writes them), and in
-//! containers' `auth.json` a `registry/namespace` key is matched too, the
-//! most specific first. An entry's base64 `auth` (`user:password`) is used,
-//! or its `username` and `password`.
+//! In each file, as docker and containers/image read it: the registry's
+//! `credHelpers` entry, else `credsStore`, names a credential helper
+//! (`docker-credential-NAME`, run as below); when it has nothing for the
+//! registry, or the file names none, the file's `auths` entries are used.
+//! They are matched by registry host (a key may carry a scheme or a `/v1/`
+//! suffix, as `docker login` writes them), and in containers' `auth.json`
+//! a `registry/namespace` key is matched too, the most specific first. An
+//! entry's base64 `auth` (`user:password`) is used, or its `username` and
+//! `password`.
 //!
-//! Not supported (yet): credential helpers (`credHelpers`, `credsStore`) and
-//! `identitytoken` (OAuth refresh tokens). An entry that has only those is
-//! skipped, as if absent.
+//! A helper is found on the `PATH` of its environment, which is only the
+//! variables of [`HELPER_ENV`] (no `SIFR_*`, no `LD_PRELOAD`); it is given
+//! the server URL on stdin (`https://index.docker.io/v1/` for Docker Hub,
+//! as `docker login` stores it, then `docker.io`), must answer within
+//! [`CredentialSources::helper_timeout`] with at most [`MAX_HELPER_OUTPUT`]
+//! bytes of `{"ServerURL", "Username", "Secret"}` for that server, and is
+//! killed, with its process group, past either. "credentials not found" is
+//! an answer (none); any other failure is an error naming the helper, with
+//! its text escaped. A secret is never logged, shown or put in an error.
+//!
+//! Not supported (yet): `identitytoken` (OAuth2 refresh tokens), in a file
+//! or from a helper (user name `<token>`): an entry with only that is
+//! skipped, as if absent; a helper's is an error saying so.
 
 use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+
+use crate::untrusted;
+
+/// The variables a credential helper gets, when set: where it is found
+/// and who it runs for, what a keychain (pass, gpg, secret service) and
+/// the cloud helpers (ecr-login, gcloud) read. Nothing else of sifr's
+/// environment reaches it.
+pub const HELPER_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "GNUPGHOME",
+    "PASSWORD_STORE_DIR",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "CLOUDSDK_CONFIG",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+];
+
+/// The most a helper may print (on stdout, and on stderr); an answer is a
+/// few hundred bytes.
+pub const MAX_HELPER_OUTPUT: u64 = 64 * 1024;
+
+/// How long a helper may take, unless the sources say.
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A user name and password for a registry. Its `Debug` hides the password;
 /// it is never logged, printed or put in an error.
@@ -61,13 +119,30 @@ impl std::fmt::Debug for Credential {
 /// Where the client looks for credentials. The library reads no
 /// environment variable of its own accord: [`CredentialSources::standard`]
 /// takes the environment from the caller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CredentialSources {
     /// Used for every registry, before any file.
     pub fixed: Option<Credential>,
     /// Auth files (docker `config.json` or containers `auth.json` format),
     /// in order.
     pub files: Vec<PathBuf>,
+    /// The whole environment credential helpers run with (see
+    /// [`HELPER_ENV`]); its `PATH` is where they are found. Empty: no
+    /// helper can be found.
+    pub helper_env: Vec<(OsString, OsString)>,
+    /// How long one helper run may take.
+    pub helper_timeout: Duration,
+}
+
+impl Default for CredentialSources {
+    fn default() -> Self {
+        Self {
+            fixed: None,
+            files: Vec::new(),
+            helper_env: Vec::new(),
+            helper_timeout: DEFAULT_HELPER_TIMEOUT,
+        }
+    }
 }
 
 impl CredentialSources {
@@ -106,46 +181,268 @@ impl CredentialSources {
                 }
             }
         }
-        Self { fixed, files }
+        let helper_env = HELPER_ENV
+            .iter()
+            .filter_map(|name| set(name).map(|value| (OsString::from(name), value)))
+            .collect();
+        Self {
+            fixed,
+            files,
+            helper_env,
+            ..Self::default()
+        }
     }
 
     /// Only this credential.
     pub fn fixed(credential: Credential) -> Self {
         Self {
             fixed: Some(credential),
-            files: Vec::new(),
+            ..Self::default()
         }
     }
 
     /// Only these auth files.
     pub fn files(files: impl IntoIterator<Item = PathBuf>) -> Self {
         Self {
-            fixed: None,
             files: files.into_iter().collect(),
+            ..Self::default()
         }
     }
 
     /// The credential for `repository` at `registry`, if any source has one.
-    /// A file that is missing or unreadable is skipped.
-    pub fn find(&self, registry: &str, repository: &str) -> Option<Credential> {
+    /// A file that is missing or unreadable is skipped; a credential helper
+    /// that fails is an error (the message names it; no secret is in it).
+    pub fn find(&self, registry: &str, repository: &str) -> Result<Option<Credential>, String> {
         if let Some(c) = &self.fixed {
-            return Some(c.clone());
+            return Ok(Some(c.clone()));
         }
-        self.files
+        for file in &self.files {
+            if let Some(found) = self.in_auth_file(file, registry, repository)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    fn in_auth_file(
+        &self,
+        path: &Path,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Option<Credential>, String> {
+        let Some(json) = read_auth_file(path) else {
+            return Ok(None);
+        };
+        let named = |key: &str| json.get(key).and_then(|v| v.as_object());
+        let helper = named("credHelpers")
+            .and_then(|helpers| {
+                helpers
+                    .iter()
+                    .find(|(key, _)| same_registry_key(&normalize_key(key), registry))
+                    .and_then(|(_, name)| name.as_str())
+            })
+            .or_else(|| json.get("credsStore").and_then(|v| v.as_str()))
+            .filter(|name| !name.is_empty());
+        if let Some(name) = helper {
+            let found = self.run_helper(name, registry).map_err(|why| {
+                format!(
+                    "the credential helper docker-credential-{} (named in {}) {why}",
+                    untrusted::escape(name, 64),
+                    path.display()
+                )
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(from_auths(&json, registry, repository))
+    }
+
+    /// Run `docker-credential-NAME get` for `registry`: its credential, or
+    /// `None` when it has none. The error says what went wrong, escaped.
+    fn run_helper(&self, name: &str, registry: &str) -> Result<Option<Credential>, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(
+                "is not a helper name: use letters, digits, '.', '_' or '-' (it is looked up \
+                 as docker-credential-NAME on PATH)"
+                    .to_string(),
+            );
+        }
+        let program = format!("docker-credential-{name}");
+        let path = self
+            .helper_env
             .iter()
-            .find_map(|file| from_auth_file(file, registry, repository))
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let Some(found) = std::env::split_paths(&path)
+            .map(|dir| dir.join(&program))
+            .find(|p| p.is_file())
+        else {
+            return Err(
+                "is not on PATH: install it, or remove it from the file (sifr then uses its \
+                 `auths`)"
+                    .to_string(),
+            );
+        };
+        let servers: &[&str] = if HUB.contains(&registry) {
+            &["https://index.docker.io/v1/", "docker.io"]
+        } else {
+            &[registry]
+        };
+        for server in servers {
+            if let Some(found) = self.helper_get(&found, server)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One `get` for `server`.
+    fn helper_get(&self, program: &Path, server: &str) -> Result<Option<Credential>, String> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(program)
+            .arg("get")
+            .env_clear()
+            .envs(self.helper_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("could not be started: {e}"))?;
+        // Read on threads, so that a helper that floods one pipe and
+        // blocks on the other cannot stall sifr; each sends what it read.
+        let capped = |pipe: Option<Box<dyn Read + Send>>| {
+            let (send, receive) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(pipe) = pipe {
+                    let _ = pipe.take(MAX_HELPER_OUTPUT + 1).read_to_end(&mut bytes);
+                }
+                let _ = send.send(bytes);
+            });
+            receive
+        };
+        let stdout = capped(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = capped(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            // A helper that does not read its stdin is not waited on here.
+            let _ = stdin.write_all(server.as_bytes());
+        }
+        let deadline = Instant::now() + self.helper_timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => break None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("could not be waited for: {e}")),
+            }
+        };
+        let group = rustix::process::Pid::from_raw(child.id() as i32);
+        let kill = || {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+        };
+        let late = || {
+            format!(
+                "gave no answer within {}; check that it works: echo {server} | \
+                 {} get",
+                humantime::format_duration(self.helper_timeout),
+                program.display()
+            )
+        };
+        let Some(status) = status else {
+            // Not reaped yet, so the group is still the helper's.
+            kill();
+            let _ = child.wait();
+            return Err(late());
+        };
+        // Exited; what it left holding its pipes gets the rest of the time.
+        let rest = |receive: std::sync::mpsc::Receiver<Vec<u8>>| {
+            receive.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        };
+        let (Ok(out), Ok(err)) = (rest(stdout), rest(stderr)) else {
+            kill();
+            return Err(late());
+        };
+        if out.len() as u64 > MAX_HELPER_OUTPUT || err.len() as u64 > MAX_HELPER_OUTPUT {
+            return Err(format!(
+                "printed more than {MAX_HELPER_OUTPUT} bytes; an answer is a few hundred: the \
+                 helper is broken"
+            ));
+        }
+        let text = String::from_utf8_lossy(&out);
+        if !status.success() {
+            // docker-credential-helpers' ErrCredentialsNotFound.
+            if text.contains("credentials not found") {
+                return Ok(None);
+            }
+            let said = if text.trim().is_empty() {
+                String::from_utf8_lossy(&err).into_owned()
+            } else {
+                text.into_owned()
+            };
+            return Err(format!(
+                "failed ({status}) for {server}: {}",
+                untrusted::escape(said.trim(), 512)
+            ));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("answered for {server} with something that is not JSON ({e})"))?;
+        let field = |name: &str| answer.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        let answered_for = field("ServerURL");
+        if !answered_for.is_empty()
+            && !same_registry_key(&normalize_key(answered_for), &normalize_key(server))
+        {
+            return Err(format!(
+                "answered for {} when asked for {server}: its credential is not used",
+                untrusted::escape(answered_for, 256)
+            ));
+        }
+        let (username, secret) = (field("Username"), field("Secret"));
+        if username == "<token>" {
+            return Err(format!(
+                "gave an identity token (an OAuth2 refresh token) for {server}, which sifr \
+                 cannot use yet: log in with a user name and a password or access token"
+            ));
+        }
+        if username.is_empty() || secret.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Credential::new(username, secret)))
     }
 }
 
 /// Auth files are small; a bigger one is not read.
 const MAX_AUTH_FILE: u64 = 1 << 20;
 
-fn from_auth_file(path: &Path, registry: &str, repository: &str) -> Option<Credential> {
-    use std::io::Read;
+fn read_auth_file(path: &Path) -> Option<serde_json::Value> {
     let file = std::fs::File::open(path).ok()?;
     let mut text = String::new();
     file.take(MAX_AUTH_FILE).read_to_string(&mut text).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+const HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+fn from_auths(json: &serde_json::Value, registry: &str, repository: &str) -> Option<Credential> {
     let auths = json.get("auths")?.as_object()?;
     let entries: Vec<(String, &serde_json::Value)> = auths
         .iter()
@@ -184,7 +481,6 @@ fn normalize_key(key: &str) -> String {
 
 /// Docker Hub is known by several host names.
 fn same_registry_key(key: &str, scope: &str) -> bool {
-    const HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
     let split = |s: &str| -> (String, String) {
         match s.split_once('/') {
             Some((host, path)) => (host.to_string(), path.to_string()),
@@ -338,7 +634,7 @@ mod tests {
         )
         .unwrap();
         let sources = CredentialSources::files([file]);
-        let user = |r: &str, repo: &str| sources.find(r, repo).map(|c| c.username);
+        let user = |r: &str, repo: &str| sources.find(r, repo).unwrap().map(|c| c.username);
         assert_eq!(user("docker.io", "library/busybox").as_deref(), Some("hub"));
         assert_eq!(user("reg.example:5000", "x/y").as_deref(), Some("plain"));
         assert_eq!(user("reg.example:5000", "team/y").as_deref(), Some("team"));

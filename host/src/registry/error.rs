@@ -175,6 +175,13 @@ pub enum RegistryError {
     )]
     Token { target: Box<Target>, reason: String },
 
+    /// A credential helper named for the registry failed.
+    #[error(
+        "cannot get credentials for registry {} ({}:{}): {reason}",
+        target.registry, target.repository, target.tag
+    )]
+    Credentials { target: Box<Target>, reason: String },
+
     /// The TTL cache's directory cannot be used safely.
     #[error(
         "the registry digest cache at {} is not private to this user ({reason}); \
@@ -203,7 +210,8 @@ impl RegistryError {
             | InsecureRedirect { target, .. }
             | Tls { target, .. }
             | Connect { target, .. }
-            | Token { target, .. } => Some(target.as_ref()),
+            | Token { target, .. }
+            | Credentials { target, .. } => Some(target.as_ref()),
             CacheDir { .. } => None,
         }
     }

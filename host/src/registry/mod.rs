@@ -641,7 +641,11 @@ impl Session<'_> {
             .client
             .options
             .credentials
-            .find(self.registry, self.repository);
+            .find(self.registry, self.repository)
+            .map_err(|reason| RegistryError::Credentials {
+                target: self.target.clone(),
+                reason,
+            })?;
         self.used_credentials = credential.is_some();
         let challenge = response
             .headers()
