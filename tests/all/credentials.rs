@@ -1,8 +1,9 @@
 //! Credential helpers (`credHelpers`, `credsStore`), as the registry client
 //! runs them for a registry that wants a login: the helper's answer is
 //! used, and a hostile or broken helper (one that hangs, floods, fails,
-//! answers for another registry, or hands out an identity token) is an
-//! error that names it and never shows a secret. The real helper
+//! or answers for another registry) is an error that names it and never
+//! shows a secret. An identity token, from a helper or a file, is traded at
+//! the token service by OAuth2's refresh_token grant. The real helper
 //! (`docker-credential-pass` against a real htpasswd registry) is in
 //! `registry_client::e2e`.
 
@@ -238,7 +239,7 @@ fn a_helper_that_hangs_is_killed_with_its_children_at_the_timeout() {
 #[test]
 fn a_broken_helper_is_an_error_naming_it_with_its_words_escaped() {
     let (server, _) = protected();
-    let cases: [(&str, String, &[&str]); 5] = [
+    let cases: [(&str, String, &[&str]); 4] = [
         (
             "flood",
             "cat >/dev/null; head -c 100000000 /dev/zero".to_string(),
@@ -259,11 +260,6 @@ fn a_broken_helper_is_an_error_naming_it_with_its_words_escaped() {
                 "answered for evil.example when asked for",
                 "its credential is not used",
             ],
-        ),
-        (
-            "token",
-            answer(&server, "<token>", "refresh-secret"),
-            &["gave an identity token", "cannot use yet"],
         ),
         (
             "garbage",
@@ -288,7 +284,7 @@ fn a_broken_helper_is_an_error_naming_it_with_its_words_escaped() {
             assert!(text.contains(part), "{name}: {part:?} not in {text}");
         }
         let shown = format!("{text} {err:?}");
-        for secret in ["stolen-secret", "refresh-secret", "builder"] {
+        for secret in ["stolen-secret", "builder"] {
             assert!(!shown.contains(secret), "{name}: {secret} shown: {shown}");
         }
     }
@@ -307,4 +303,110 @@ fn a_helper_that_is_not_on_path_or_not_a_name_is_an_error_saying_so() {
             .to_string();
         assert!(text.contains(expected), "{name}: {text}");
     }
+}
+
+/// A registry whose token service speaks OAuth2: `refresh_token` posted as a
+/// form (distribution's token spec) is traded for an access token, which
+/// the manifest request then carries.
+fn oauth2() -> (Server, String) {
+    let body = manifest("oauth2");
+    let digest = sha256(&body);
+    let header = digest.clone();
+    let port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let realm_port = port.clone();
+    let server = Server::start(move |req, stream| {
+        let head = req.method == "HEAD";
+        if req.path.starts_with("/token") {
+            let form = String::from_utf8_lossy(&req.body).into_owned();
+            let granted = req.method == "POST"
+                && form.contains("grant_type=refresh_token")
+                && form.contains("refresh_token=the-refresh-token")
+                && form.contains("service=oauth.example")
+                && form.contains("scope=repository%3Ateam%2Fapp%3Apull");
+            if granted {
+                let answer = br#"{"access_token":"the-access-token","expires_in":300}"#;
+                respond(
+                    stream,
+                    "200 OK",
+                    &[("Content-Type", "application/json")],
+                    answer,
+                    false,
+                );
+            } else {
+                respond(
+                    stream,
+                    "400 Bad Request",
+                    &[],
+                    br#"{"error":"invalid_grant"}"#,
+                    false,
+                );
+            }
+        } else if req.header("authorization") == Some("Bearer the-access-token") {
+            let headers = [
+                ("Content-Type", OCI_MANIFEST),
+                ("Docker-Content-Digest", header.as_str()),
+            ];
+            respond(stream, "200 OK", &headers, &body, head);
+        } else {
+            let realm = format!(
+                "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"oauth.example\",scope=\"repository:team/app:pull\"",
+                realm_port.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            respond(
+                stream,
+                "401 Unauthorized",
+                &[("WWW-Authenticate", realm.as_str())],
+                b"",
+                head,
+            );
+        }
+    });
+    port.store(
+        server.host().rsplit_once(':').unwrap().1.parse().unwrap(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    (server, digest)
+}
+
+#[test]
+fn an_identity_token_is_traded_at_the_token_service_and_never_sent_as_a_password() {
+    let (server, digest) = oauth2();
+    // From a helper (user <token>) and from a file's identitytoken.
+    let helper = Home::new(
+        &[("oauth", &answer(&server, "<token>", "the-refresh-token"))],
+        serde_json::json!({"credsStore": "oauth"}),
+    );
+    let file = Home::new(
+        &[],
+        serde_json::json!({"auths": {server.host(): {"identitytoken": "the-refresh-token"}}}),
+    );
+    for home in [&helper, &file] {
+        assert_eq!(
+            resolve(home, &server, Duration::from_secs(10)).unwrap(),
+            digest
+        );
+    }
+    for request in server.requests() {
+        let basic = request
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Basic"));
+        assert!(!basic, "a refresh token went as a password: {request:?}");
+    }
+    // A refresh token the service refuses is the login's fault, and says so.
+    let stale = Home::new(
+        &[],
+        serde_json::json!({"auths": {server.host(): {"identitytoken": "revoked"}}}),
+    );
+    let err = resolve(&stale, &server, Duration::from_secs(10)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Unauthorized {
+                had_credentials: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("revoked"));
 }

@@ -27,6 +27,8 @@ pub(crate) struct Request {
     pub(crate) method: String,
     pub(crate) path: String,
     headers: Vec<(String, String)>,
+    /// As long as its Content-Length said.
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
@@ -123,10 +125,18 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length.min(1 << 20)];
+    std::io::Read::read_exact(&mut reader, &mut body).ok()?;
     Some(Request {
         method,
         path,
         headers,
+        body,
     })
 }
 

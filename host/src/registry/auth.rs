@@ -28,9 +28,11 @@
 //! an answer (none); any other failure is an error naming the helper, with
 //! its text escaped. A secret is never logged, shown or put in an error.
 //!
-//! Not supported (yet): `identitytoken` (OAuth2 refresh tokens), in a file
-//! or from a helper (user name `<token>`): an entry with only that is
-//! skipped, as if absent; a helper's is an error saying so.
+//! An identity token (an OAuth2 refresh token: `identitytoken` in a file,
+//! or a helper's answer for the user `<token>`) is traded at the registry's
+//! token service for an access token (`grant_type=refresh_token`, as
+//! distribution's token spec and docker do); it is never sent as a
+//! password, and a registry that asks for basic auth gets no credential.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -87,6 +89,10 @@ pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Credential {
     pub username: String,
     password: String,
+    /// `password` is an identity token (an OAuth2 refresh token, as
+    /// `docker login` keeps for some registries), traded at the token
+    /// service for an access token, never sent as a password.
+    identity_token: bool,
 }
 
 impl Credential {
@@ -94,7 +100,23 @@ impl Credential {
         Self {
             username: username.into(),
             password: password.into(),
+            identity_token: false,
         }
+    }
+
+    /// An identity token: `identitytoken` in an auth file, or a helper's
+    /// answer for the user `<token>`.
+    pub fn identity_token(token: impl Into<String>) -> Self {
+        Self {
+            username: "<token>".to_string(),
+            password: token.into(),
+            identity_token: true,
+        }
+    }
+
+    /// The refresh token, when this is an identity token.
+    pub(crate) fn refresh_token(&self) -> Option<&str> {
+        self.identity_token.then_some(self.password.as_str())
     }
 
     /// The `Authorization` header value for basic auth.
@@ -417,14 +439,12 @@ impl CredentialSources {
             ));
         }
         let (username, secret) = (field("Username"), field("Secret"));
-        if username == "<token>" {
-            return Err(format!(
-                "gave an identity token (an OAuth2 refresh token) for {server}, which sifr \
-                 cannot use yet: log in with a user name and a password or access token"
-            ));
-        }
         if username.is_empty() || secret.is_empty() {
             return Ok(None);
+        }
+        // docker-credential-helpers' convention for an identity token.
+        if username == "<token>" {
+            return Ok(Some(Credential::identity_token(secret)));
         }
         Ok(Some(Credential::new(username, secret)))
     }
@@ -502,6 +522,11 @@ fn entry_credential(entry: &serde_json::Value) -> Option<Credential> {
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':')?;
         return Some(Credential::new(user, password));
+    }
+    if let Some(token) = entry.get("identitytoken").and_then(|t| t.as_str())
+        && !token.is_empty()
+    {
+        return Some(Credential::identity_token(token));
     }
     let user = entry.get("username")?.as_str()?;
     let password = entry.get("password")?.as_str()?;

@@ -23,8 +23,9 @@
 //! Anonymous access first; on `401` the `WWW-Authenticate` challenge is
 //! answered: `Basic` with the user's credentials, or `Bearer` through the
 //! token service it names (with the credentials when there are any, and
-//! anonymously when not). See [`auth`] for where credentials come from.
-//! Credential helpers are not supported yet. No secret is logged, printed
+//! anonymously when not; an identity token is traded there for an access
+//! token by OAuth2's `refresh_token` grant). See [`auth`] for where
+//! credentials come from, credential helpers included. No secret is logged, printed
 //! or put in an error; a password is sent to a token service only over
 //! HTTPS, or over HTTP to a registry marked plain-http.
 //!
@@ -662,6 +663,8 @@ impl Session<'_> {
             None => Err(unauthorized(false)),
             Some(auth::Challenge::Basic) => match credential {
                 None => Err(unauthorized(false)),
+                // A refresh token is for a token service only.
+                Some(c) if c.refresh_token().is_some() => Err(unauthorized(true)),
                 Some(c) => {
                     self.authorization = Some(c.basic_header());
                     Ok(())
@@ -699,22 +702,51 @@ impl Session<'_> {
             )));
         }
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-        let mut req = self.client.agent.get(realm).query("scope", &scope);
-        if let Some(service) = &service {
-            req = req.query("service", service);
-        }
-        if let Some(c) = credential {
-            req = req.header("Authorization", c.basic_header());
-        }
-        let mut response = req
-            .config()
-            .timeout_global(Some(self.remaining()?))
-            .https_only(!self.plain_http)
-            .build()
-            .call()
-            .map_err(|e| self.transport(e))?;
+        let timeout = Some(self.remaining()?);
+        let response = match credential.and_then(Credential::refresh_token) {
+            // OAuth2: trade the refresh token for an access token.
+            Some(refresh) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh),
+                    ("client_id", "sifr"),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(service) = &service {
+                    form.push(("service", service.as_str()));
+                }
+                self.client
+                    .agent
+                    .post(realm)
+                    .config()
+                    .timeout_global(timeout)
+                    .https_only(!self.plain_http)
+                    .build()
+                    .send_form(form)
+            }
+            None => {
+                let mut req = self.client.agent.get(realm).query("scope", &scope);
+                if let Some(service) = &service {
+                    req = req.query("service", service);
+                }
+                if let Some(c) = credential {
+                    req = req.header("Authorization", c.basic_header());
+                }
+                req.config()
+                    .timeout_global(timeout)
+                    .https_only(!self.plain_http)
+                    .build()
+                    .call()
+            }
+        };
+        let mut response = response.map_err(|e| self.transport(e))?;
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // An OAuth2 token service answers a bad refresh token with 400.
+        let refused = status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || (status == StatusCode::BAD_REQUEST
+                && credential.is_some_and(|c| c.refresh_token().is_some()));
+        if refused {
             return Err(RegistryError::Unauthorized {
                 target: self.target.clone(),
                 status: status.as_u16(),
