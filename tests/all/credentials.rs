@@ -239,7 +239,15 @@ fn a_helper_that_hangs_is_killed_with_its_children_at_the_timeout() {
 #[test]
 fn a_broken_helper_is_an_error_naming_it_with_its_words_escaped() {
     let (server, _) = protected();
-    let cases: [(&str, String, &[&str]); 4] = [
+    let cases: [(&str, String, &[&str]); 5] = [
+        (
+            "leaky",
+            format!("{}; exit 1", answer(&server, "bob", "stolen-secret")),
+            &[
+                "failed (exit status: 1)",
+                "its output holds a secret, and is not shown",
+            ],
+        ),
         (
             "flood",
             "cat >/dev/null; head -c 100000000 /dev/zero".to_string(),

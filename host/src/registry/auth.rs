@@ -421,10 +421,14 @@ impl CredentialSources {
             } else {
                 text.into_owned()
             };
-            return Err(format!(
-                "failed ({status}) for {server}: {}",
+            // A broken helper may print an answer and fail: its secret is
+            // not shown either way.
+            let said = if said.contains("\"Secret\"") {
+                "(its output holds a secret, and is not shown)".to_string()
+            } else {
                 untrusted::escape(said.trim(), 512)
-            ));
+            };
+            return Err(format!("failed ({status}) for {server}: {said}"));
         }
         let answer: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| format!("answered for {server} with something that is not JSON ({e})"))?;
