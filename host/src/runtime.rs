@@ -616,8 +616,6 @@ impl crate::cache::HashProgress for HashReport<'_, '_> {
     }
 }
 
-/// An I/O error in the cache, saying what to do when it is full.
-/// The cache at `root`, trusting whom `config` says to trust.
 /// `image` pinned to the digest its plan pulls, when the image has no
 /// digest and every source of the plan pulls one and the same digest (as
 /// `pin = "resolve"` makes it).
@@ -639,12 +637,15 @@ pub(crate) fn pinned_by(image: &ImageRef, plan: &[crate::policy::Source]) -> Opt
     })
 }
 
+/// The cache at `root`, trusting whom `config` says to trust.
 pub(crate) fn open_cache(root: &Path, config: &Config) -> Result<Cache, Error> {
     Ok(Cache::open(root)
         .map_err(|e| cache_error(root, e))?
         .trusting(&config.trusted_owners))
 }
 
+/// An I/O error in the cache at `root` (its message says what to do when
+/// the cache is full).
 fn cache_error(root: &Path, e: std::io::Error) -> Error {
     Error::Cache(crate::cache::CacheError::at(root, e))
 }
