@@ -7,7 +7,9 @@
 //! (`docker-credential-pass` against a real htpasswd registry) is in
 //! `registry_client::e2e`.
 
-use crate::registry_client::{OCI_MANIFEST, Server, base64_encode, manifest, respond, sha256};
+use crate::registry_client::{
+    OCI_MANIFEST, Server, base64_encode, basic_auth_server, manifest, respond, sha256,
+};
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -18,24 +20,7 @@ use sifr::registry::{CredentialSources, RegistryClient, RegistryError, RegistryO
 
 /// A registry that wants `bob:builder` by basic auth.
 fn protected() -> (Server, String) {
-    let body = manifest("helper");
-    let digest = sha256(&body);
-    let header = digest.clone();
-    let server = Server::start(move |req, stream| {
-        let head = req.method == "HEAD";
-        let want = format!("Basic {}", base64_encode(b"bob:builder"));
-        if req.header("authorization") == Some(want.as_str()) {
-            let headers = [
-                ("Content-Type", OCI_MANIFEST),
-                ("Docker-Content-Digest", header.as_str()),
-            ];
-            respond(stream, "200 OK", &headers, &body, head);
-        } else {
-            let challenge = [("WWW-Authenticate", "Basic realm=\"Registry\"")];
-            respond(stream, "401 Unauthorized", &challenge, b"", head);
-        }
-    });
-    (server, digest)
+    basic_auth_server("helper")
 }
 
 /// A scratch home with a `docker-credential-NAME` for each script given,

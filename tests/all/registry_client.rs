@@ -551,17 +551,19 @@ fn wrong_credentials_are_refused_and_never_shown() {
     assert!(!shown.contains("not-the-s3cret"), "{shown}");
 }
 
-#[test]
-fn basic_auth_answers_a_basic_challenge() {
-    let body = manifest("basic");
+/// A registry that serves `manifest(marker)` to `bob:builder` by basic
+/// auth, and a basic challenge to anyone else; with the manifest's digest.
+pub(crate) fn basic_auth_server(marker: &str) -> (Server, String) {
+    let body = manifest(marker);
     let digest = sha256(&body);
+    let header = digest.clone();
     let server = Server::start(move |req, stream| {
         let head = req.method == "HEAD";
         let want = format!("Basic {}", base64_encode(b"bob:builder"));
         if req.header("authorization") == Some(want.as_str()) {
             let headers = [
                 ("Content-Type", OCI_MANIFEST),
-                ("Docker-Content-Digest", digest.as_str()),
+                ("Docker-Content-Digest", header.as_str()),
             ];
             respond(stream, "200 OK", &headers, &body, head);
         } else {
@@ -569,6 +571,12 @@ fn basic_auth_answers_a_basic_challenge() {
             respond(stream, "401 Unauthorized", &challenge, b"", head);
         }
     });
+    (server, digest)
+}
+
+#[test]
+fn basic_auth_answers_a_basic_challenge() {
+    let (server, _) = basic_auth_server("basic");
     let dir = tempfile::tempdir().unwrap();
     let env = |name: &str| match name {
         "APPTAINER_DOCKER_USERNAME" => Some("bob".into()),
@@ -997,6 +1005,37 @@ mod e2e {
     /// the test makes, gives the login for a real htpasswd registry, named
     /// by `credsStore` or by `credHelpers`; and the secret it gives is never
     /// in an error.
+    /// A registry under `work` that wants `user:password` (an htpasswd
+    /// file), holding `image` (`repository:tag`) pushed as that user; with
+    /// the htpasswd file and the image's digest.
+    fn protected_registry(
+        htpasswd: &Path,
+        work: &Path,
+        user: &str,
+        password: &str,
+        image: &str,
+    ) -> (Registry, PathBuf, String) {
+        let users = work.join("htpasswd");
+        run(Command::new(htpasswd)
+            .args(["-B", "-b", "-c"])
+            .arg(&users)
+            .args([user, password]));
+        let registry = Registry::start_with(&format!(
+            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
+            users.display()
+        ));
+        let layout = layout(work);
+        let creds = format!("{user}:{password}");
+        registry.push_as(
+            &format!("oci:{}:one", layout.display()),
+            image,
+            false,
+            Some(&creds),
+        );
+        let digest = registry.digest_as(image, Some(&creds));
+        (registry, users, digest)
+    }
+
     #[test]
     #[cfg_attr(
         not(sifr_e2e),
@@ -1007,24 +1046,13 @@ mod e2e {
             return;
         };
         let work = tempfile::tempdir().unwrap();
-        let users = work.path().join("htpasswd");
-        run(Command::new(htpasswd)
-            .args(["-B", "-b", "-c"])
-            .arg(&users)
-            .args(["carol", "in-the-keychain"]));
-        let registry = Registry::start_with(&format!(
-            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
-            users.display()
-        ));
-        let layout = layout(work.path());
-        let creds = Some("carol:in-the-keychain");
-        registry.push_as(
-            &format!("oci:{}:one", layout.display()),
+        let (registry, users, expected) = protected_registry(
+            &htpasswd,
+            work.path(),
+            "carol",
+            "in-the-keychain",
             "team/kept:v1",
-            false,
-            creds,
         );
-        let expected = registry.digest_as("team/kept:v1", creds);
 
         // As `docker login` leaves it with a credential store: the secret
         // in pass, the config naming the helper.
@@ -1118,24 +1146,13 @@ mod e2e {
     fn htpasswd_basic_auth_takes_credentials_from_a_docker_config() {
         let Some(htpasswd) = htpasswd() else { return };
         let work = tempfile::tempdir().unwrap();
-        let users = work.path().join("htpasswd");
-        run(Command::new(htpasswd)
-            .args(["-B", "-b", "-c"])
-            .arg(&users)
-            .args(["alice", "wonder-land"]));
-        let registry = Registry::start_with(&format!(
-            "auth:\n  htpasswd:\n    realm: sifr-test\n    path: {}\n",
-            users.display()
-        ));
-        let layout = layout(work.path());
-        let creds = Some("alice:wonder-land");
-        registry.push_as(
-            &format!("oci:{}:one", layout.display()),
+        let (registry, _, expected) = protected_registry(
+            &htpasswd,
+            work.path(),
+            "alice",
+            "wonder-land",
             "team/private:v1",
-            false,
-            creds,
         );
-        let expected = registry.digest_as("team/private:v1", creds);
 
         // A docker config.json, as `docker login` writes it.
         let docker = work.path().join("docker");
