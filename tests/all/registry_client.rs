@@ -1080,22 +1080,25 @@ mod e2e {
 
         let docker = work.path().join("docker");
         std::fs::create_dir(&docker).unwrap();
-        for config in [
-            serde_json::json!({"auths": {host.clone(): {}}, "credsStore": "pass"}),
-            serde_json::json!({"credHelpers": {host.clone(): "pass"}}),
-        ] {
-            std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+        // A client of a user whose docker config is `docker`'s.
+        let client = || {
             let env = |name: &str| match name {
                 "DOCKER_CONFIG" => Some(docker.clone().into_os_string()),
                 "HOME" => Some(home.clone().into_os_string()),
                 "PATH" => Some("/usr/bin:/bin".into()),
                 _ => None,
             };
-            let client = RegistryClient::new(RegistryOptions {
+            RegistryClient::new(RegistryOptions {
                 credentials: sifr::registry::CredentialSources::standard(env, Some(home.clone())),
                 ..RegistryOptions::default()
-            });
-            let got = client
+            })
+        };
+        for config in [
+            serde_json::json!({"auths": {host.clone(): {}}, "credsStore": "pass"}),
+            serde_json::json!({"credHelpers": {host.clone(): "pass"}}),
+        ] {
+            std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+            let got = client()
                 .resolve_digest(&host, "team/kept", "v1", "amd64", true)
                 .unwrap_or_else(|e| panic!("{config}: {e}"));
             assert_eq!(got.digest.as_str(), expected, "{config}");
@@ -1112,17 +1115,7 @@ mod e2e {
             serde_json::json!({"credsStore": "pass"}).to_string(),
         )
         .unwrap();
-        let env = |name: &str| match name {
-            "DOCKER_CONFIG" => Some(docker.clone().into_os_string()),
-            "HOME" => Some(home.clone().into_os_string()),
-            "PATH" => Some("/usr/bin:/bin".into()),
-            _ => None,
-        };
-        let client = RegistryClient::new(RegistryOptions {
-            credentials: sifr::registry::CredentialSources::standard(env, Some(home.clone())),
-            ..RegistryOptions::default()
-        });
-        let err = client
+        let err = client()
             .resolve_digest(&other.host(), "team/kept", "v1", "amd64", true)
             .unwrap_err();
         assert!(
